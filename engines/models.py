@@ -1,0 +1,116 @@
+"""Model loading: resolve a model reference, load a causal LM and its tokenizer, fingerprint it.
+
+A model reference is ``embedded:smollm2-135m-instruct`` (the bundled default), a local HF folder, or a
+hub id already in the local HF cache (``HF_HUB_OFFLINE`` is respected; nothing is downloaded unless the
+user allows it). The fingerprint enters every cache key that depends on the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from engines import assets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = assets.EMBEDDED_MODEL
+    """Model reference: `embedded:smollm2-135m-instruct`, a local HF folder, or a hub id in the local HF cache."""
+    name: str | None = None
+    """Label used in result tables; defaults to the folder or hub name."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for evaluation and rollouts (training keeps float32 master weights on CPU)."""
+    device: str = "auto"
+    """`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("model.path: empty")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.path == assets.EMBEDDED_MODEL:
+            return "SmolLM2-135M-Instruct"
+        if self.path == assets.TINY_MODEL:
+            return "tiny-random-llama"
+        return Path(self.path.rstrip("/")).name or self.path
+
+
+def resolve_path(ref: str) -> str:
+    """Turn a model reference into something `from_pretrained` accepts, with a one-line error if absent."""
+    if ref == assets.EMBEDDED_MODEL:
+        return str(assets.embedded_model_path())
+    if ref == assets.TINY_MODEL:
+        return str(assets.tiny_model_path())
+    if ref.startswith("embedded:"):
+        raise ValueError(f"model.path: unknown embedded model {ref!r} (known: {assets.EMBEDDED_MODEL})")
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ValueError(f"model.path: {p} has no config.json (not a Hugging Face model folder)")
+        return str(p.resolve())
+    if ref.startswith((".", "/", "~")):
+        raise ValueError(f"model.path: {ref} does not exist")
+    return ref  # hub id: from_pretrained decides (offline cache or download)
+
+
+def fingerprint(ref: str) -> str:
+    """Identity of the weights behind a reference, for cache keys (cheap: no full-file hashing)."""
+    if ref in (assets.EMBEDDED_MODEL, assets.TINY_MODEL):
+        return f"{ref}@{assets.GGUF_SHA256[:16]}"
+    p = Path(ref).expanduser()
+    if not p.exists():
+        return ref
+    marker = p / "unisd-asset.json"
+    if marker.exists():
+        return json.loads(marker.read_text()).get("sha256", ref)
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt", ".jinja"}:
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:32]
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_tokenizer(ref: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_path(ref))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(cfg: ModelConfig, *, trainable: bool = False):
+    """Load (model, tokenizer) in eval mode on the configured device and dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_path(cfg.path)
+    dtype = getattr(torch, cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.to(pick_device(cfg.device))
+    model.train(trainable)
+    if not trainable:
+        model.requires_grad_(False)
+    log.info("loaded %s (%s, %.1fM params) on %s", cfg.label, cfg.dtype,
+             sum(p.numel() for p in model.parameters()) / 1e6, next(model.parameters()).device)
+    return model, load_tokenizer(cfg.path)

@@ -1,0 +1,165 @@
+"""Evaluate stage: generate completions for the test split and score them.
+
+Generation goes through any `engines.generation.Generator` (greedy by default). Completions are
+scored per task family (MCQA letter, maths number, code pass@1 in the sandboxed subprocess, tool-use
+action/argument match). Progress is saved in chunks inside the artifact's partial directory, so a
+killed run resumes where it stopped and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+import schemas
+from engines.generation import Generator, SamplingConfig
+from engines.sandbox import SandboxLimits
+from stages.evaluate.scoring import score_rows
+from storage import StageSpec, Workspace
+
+log = logging.getLogger(__name__)
+
+SPEC = StageSpec(name="evaluate", version=1, inputs={"examples": schemas.EXAMPLES},
+                 outputs={"predictions": schemas.PREDICTIONS, "scores": schemas.SCORES})
+
+DEFAULT_MAX_NEW = {"mcqa": 256, "math": 256, "code": 384, "tool": 256, "free": 256}
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    split: str = "test"
+    """Which split of `examples` to evaluate."""
+    limit: int | None = None
+    """Evaluate at most this many examples per dataset (first by id order); None = all."""
+    batch_size: int = 16
+    """Generation batch size."""
+    max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW))
+    """Completion limit per task family (mcqa, math, code, tool, free)."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus mass when sampling."""
+    num_samples: int = 1
+    """Completions per example (pass@1 / accuracy are averaged over them)."""
+    seed: int = 0
+    """Sampling seed."""
+    max_prompt_tokens: int = 2048
+    """Prompts longer than this are an error unless on_long_prompt=truncate_left."""
+    on_long_prompt: Literal["error", "truncate_left"] = "error"
+    """What to do with an over-long prompt; truncations are counted in the scores table."""
+    chunk_size: int = 64
+    """Examples generated and scored between two progress saves (resume granularity)."""
+    sandbox_timeout_s: float = 10.0
+    """Wall-clock limit per code test program."""
+    sandbox_memory_mb: int = 1024
+    """Address-space limit per code test program."""
+    sandbox_workers: int = 2
+    """Test programs run in parallel."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.max_new_tokens) - set(DEFAULT_MAX_NEW)
+        if unknown:
+            raise ValueError(f"max_new_tokens: unknown family {sorted(unknown)[0]!r}")
+        for name in ("batch_size", "num_samples", "chunk_size", "max_prompt_tokens", "sandbox_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are identical)")
+
+    def sampling(self, family: str) -> SamplingConfig:
+        max_new = self.max_new_tokens.get(family, DEFAULT_MAX_NEW[family])
+        return SamplingConfig(max_new_tokens=max_new, temperature=self.temperature, top_p=self.top_p,
+                              seed=self.seed)
+
+
+def select(examples: pa.Table, cfg: EvaluateConfig) -> list[dict]:
+    rows = [r for r in examples.to_pylist() if r["split"] == cfg.split]
+    if not rows:
+        raise ValueError(f"evaluate: no examples in split {cfg.split!r}")
+    rows.sort(key=lambda r: r["id"])
+    if cfg.limit is not None:
+        by_ds: dict[str, list[dict]] = {}
+        for r in rows:
+            by_ds.setdefault(r["dataset"], []).append(r)
+        rows = [r for rs in by_ds.values() for r in rs[: cfg.limit]]
+    return rows
+
+
+def run(cfg: EvaluateConfig, examples: pa.Table, generator: Generator, workspace: Workspace,
+        model: str, method: str) -> dict[str, pa.Table]:
+    """Generate, score and aggregate; resumes from chunks saved in ``workspace``."""
+    rows = select(examples, cfg)
+    done = workspace.load_progress()
+    done_ids = {i for t in done for i in t.column("id").to_pylist()}
+    todo = [r for r in rows if r["id"] not in done_ids]
+    if done_ids:
+        log.info("evaluate: resuming, %d of %d examples already done", len(rows) - len(todo), len(rows))
+    chunks = [todo[i:i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
+    with tqdm(total=len(rows) * cfg.num_samples, initial=(len(rows) - len(todo)) * cfg.num_samples,
+              desc=f"evaluate {model}/{method}", unit="completion") as bar:
+        for chunk in chunks:
+            table = _chunk(cfg, chunk, generator, model, method, bar.update)
+            workspace.save_progress(f"chunk-{min(r['id'] for r in chunk)}", table)
+            done.append(table)
+    preds = pa.concat_tables(done) if done else schemas.PREDICTIONS.empty()
+    keep = {r["id"] for r in rows}
+    preds = preds.filter(pa.compute.is_in(preds.column("id"), pa.array(sorted(keep))))
+    preds = preds.sort_by([("id", "ascending"), ("sample", "ascending")])
+    return {"predictions": preds, "scores": aggregate(preds, rows, model, method, generator)}
+
+
+def _chunk(cfg: EvaluateConfig, chunk: list[dict], generator: Generator, model: str, method: str,
+           progress: Callable[[int], None]) -> pa.Table:
+    out: list[dict] = []
+    limits = SandboxLimits(timeout_s=cfg.sandbox_timeout_s, cpu_s=max(1, math.ceil(cfg.sandbox_timeout_s)),
+                           memory_mb=cfg.sandbox_memory_mb)
+    by_family: dict[str, list[dict]] = {}
+    for r in chunk:
+        by_family.setdefault(r["family"], []).append(r)
+    for family, rs in sorted(by_family.items()):
+        prompts = [r["prompt"] for r in rs for _ in range(cfg.num_samples)]
+        owners = [(r, s) for r in rs for s in range(cfg.num_samples)]
+        sampling = cfg.sampling(family)
+        gens = generator.generate(prompts, sampling, progress=progress)
+        scored = score_rows([(family, g.text, r) for g, (r, _) in zip(gens, owners)], limits,
+                            workers=cfg.sandbox_workers)
+        for g, (r, s), (extracted, correct, score, detail) in zip(gens, owners, scored):
+            out.append(dict(id=r["id"], dataset=r["dataset"], model=model, method=method, sample=s,
+                            prompt_tokens=g.prompt_tokens, completion=g.text, extracted=extracted,
+                            correct=bool(correct), score=float(score), latency=g.seconds,
+                            truncated=not g.finished, detail=json.dumps(detail, sort_keys=True)))
+    return schemas.conform(out, schemas.PREDICTIONS)
+
+
+PRIMARY = {"mcqa": "accuracy", "math": "accuracy", "code": "pass@1", "tool": "full_acc", "free": "accuracy"}
+
+
+def aggregate(preds: pa.Table, rows: list[dict], model: str, method: str, generator: Generator) -> pa.Table:
+    """Per dataset: the primary metric (mean score), extraction and truncation rates, mean length."""
+    family = {r["id"]: r["family"] for r in rows}
+    groups: dict[str, list[dict]] = {}
+    for p in preds.to_pylist():
+        groups.setdefault(p["dataset"], []).append(p)
+    out = []
+    for ds, ps in sorted(groups.items()):
+        fam = family[ps[0]["id"]]
+        n = len(ps)
+        metrics: dict[str, float] = {PRIMARY[fam]: sum(p["score"] for p in ps) / n,
+                                     "extracted_rate": sum(p["extracted"] is not None for p in ps) / n,
+                                     "truncated_rate": sum(p["truncated"] for p in ps) / n}
+        if fam == "tool":
+            for m in ("action_acc", "arg_acc"):
+                metrics[m] = sum(json.loads(p["detail"] or "{}").get(m, 0.0) for p in ps) / n
+        for metric, value in metrics.items():
+            se = math.sqrt(max(value * (1 - value), 0.0) / n) if 0 <= value <= 1 else None
+            out.append(dict(dataset=ds, model=model, method=method, metric=metric, value=value, n=n, stderr=se))
+        out.append(dict(dataset=ds, model=model, method=method, metric="prompts_truncated",
+                        value=float(generator.stats.truncated), n=n, stderr=None))
+    return schemas.conform(out, schemas.SCORES)

@@ -1,0 +1,152 @@
+"""A finished artifact (read side) and the workspace a stage computes in (write side).
+
+An ``Artifact`` is a directory ``<root>/<stage>/<key>/`` with one Parquet file per output table,
+optional extra files under ``files/`` and ``manifest.json``. Reading a table re-checks it against the
+schema recorded in the manifest, so a tampered or truncated file fails loudly instead of feeding
+bad rows to the next stage. A ``Workspace`` is the artifact's partial directory: it survives crashes
+for the same key, so long stages save progress there and resume from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from schemas import SchemaError, TableSchema
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FILES = "files"
+PROGRESS = "progress"
+
+
+def schema_record(ts: TableSchema) -> dict[str, Any]:
+    """JSON-able description of ``ts`` stored in the manifest, enough to rebuild it."""
+    return {
+        "schema": ts.name,
+        "fingerprint": ts.fingerprint(),
+        "key": list(ts.key),
+        "required": list(ts.required),
+        "arrow": base64.b64encode(ts.schema.remove_metadata().serialize().to_pybytes()).decode(),
+    }
+
+
+def schema_from_record(rec: dict[str, Any]) -> TableSchema:
+    """Inverse of ``schema_record``."""
+    arrow = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(rec["arrow"])))
+    return TableSchema(rec["schema"], arrow, required=tuple(rec["required"]), key=tuple(rec["key"]))
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, *, fsync: bool = False) -> None:
+    """Write ``table`` to a hidden temp sibling, optionally fsync it, then ``os.replace`` it into ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        pq.write_table(table, tmp)
+        if fsync:
+            fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory (directories: makes renames inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished, immutable artifact; tables are read lazily and validated on every read."""
+
+    stage: str
+    key: str
+    path: Path
+    manifest: dict = field(compare=False, repr=False)
+
+    @property
+    def table_names(self) -> list[str]:
+        """Names of the output tables this artifact holds."""
+        return sorted(self.manifest.get("outputs", {}))
+
+    def schema(self, name: str) -> TableSchema:
+        """The schema ``name`` was written with; SchemaError if the code's schema has since changed."""
+        outputs = self.manifest.get("outputs", {})
+        if name not in outputs:
+            raise KeyError(f"artifact {self.stage}/{self.key[:12]} has no table {name!r} "
+                           f"(has: {', '.join(sorted(outputs)) or 'none'})")
+        ts = schema_from_record(outputs[name])
+        current = schemas.ALL.get(ts.name)
+        if current is not None and current.fingerprint() != outputs[name]["fingerprint"]:
+            raise SchemaError(f"table {name} in {self.stage}/{self.key[:12]} was written with schema "
+                              f"{outputs[name]['fingerprint']}, the code now defines {current.fingerprint()}; "
+                              f"rerun stage {self.stage}")
+        return current if current is not None else ts
+
+    def table(self, name: str) -> pa.Table:
+        """Read ``<path>/<name>.parquet`` and validate it against its schema (SchemaError on mismatch)."""
+        ts = self.schema(name)
+        path = self.path / f"{name}.parquet"
+        try:
+            table = pq.read_table(path)
+        except FileNotFoundError:
+            raise SchemaError(f"table {name}: file {path} is missing") from None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SchemaError(f"table {name}: cannot read {path}: {e}") from None
+        table = table.replace_schema_metadata(None)
+        schemas.validate(table, ts)
+        return table
+
+    def file(self, rel: str) -> Path:
+        """Path of an extra file or directory saved under ``files/`` (FileNotFoundError if absent)."""
+        base = (self.path / FILES).resolve()
+        target = (base / rel).resolve()
+        if target != base and base not in target.parents:
+            raise ValueError(f"artifact file {rel!r} escapes {base}")
+        if not target.exists():
+            raise FileNotFoundError(f"artifact {self.stage}/{self.key[:12]} has no file {rel!r} in {base}")
+        return target
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The partial directory handed to a stage's compute function; it persists across crashes."""
+
+    dir: Path
+    files: Path
+    """Extra files written here become ``files/`` of the finished artifact."""
+
+    @classmethod
+    def create(cls, dir: Path) -> Workspace:
+        (dir / FILES).mkdir(parents=True, exist_ok=True)
+        return cls(dir=dir, files=dir / FILES)
+
+    def save_progress(self, name: str, table: pa.Table) -> None:
+        """Atomically write ``progress/<name>.parquet`` (a chunk of work the next attempt can skip)."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"progress name {name!r} must be a plain file name not starting with '.'")
+        progress = self.dir / PROGRESS
+        progress.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(table, progress / f"{name}.parquet")
+
+    def load_progress(self, pattern: str = "*") -> list[pa.Table]:
+        """Chunks saved by earlier attempts whose name matches ``pattern``, sorted by name."""
+        progress = self.dir / PROGRESS
+        if not progress.is_dir():
+            return []
+        paths = sorted(p for p in progress.glob(f"{pattern}.parquet") if not p.name.startswith("."))
+        return [pq.read_table(p).replace_schema_metadata(None) for p in paths]
+

@@ -1,0 +1,157 @@
+"""The `unisd` command line: run the pipeline, rerun a stage, query results, manage the store and assets.
+
+    unisd run [--preset NAME | --config FILE] [key=value ...] [--force]
+    unisd stage ingest|evaluate [--preset ... | --config ...] [key=value ...]
+    unisd sql "SELECT dataset, metric, value, n FROM scores" [--format table|csv|json]
+    unisd store ls [--stage S] | unisd store gc [--dry-run]
+    unisd assets install | verify | path
+    unisd config show [--preset ... | --config ...] [key=value ...]
+    unisd serve [--preset NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("unisd")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="preset name in configs/ (default: default)")
+    g.add_argument("--config", help="path to a YAML experiment config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.limit=10 datasets.0.limit=5")
+    p.add_argument("--force", action="store_true", help="recompute even when the store has the artifact")
+
+
+def _store_root(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("UNISD_STORE") or "runs").expanduser().resolve()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="unisd", description="UniSD self-distillation pipeline")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_config_args(sub.add_parser("run", help="run the whole pipeline in-process (Prefect ephemeral mode)"))
+    st = sub.add_parser("stage", help="run a single stage (and whatever it needs from the store)")
+    st.add_argument("stage", choices=["ingest", "evaluate"])
+    _add_config_args(st)
+    sq = sub.add_parser("sql", help="SQL over the DuckDB catalog of the store")
+    sq.add_argument("query")
+    sq.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sq.add_argument("--store", help="store directory (default: $UNISD_STORE or ./runs)")
+    so = sub.add_parser("store", help="list or clean the artifact store")
+    so.add_argument("action", choices=["ls", "gc", "catalog"])
+    so.add_argument("--stage")
+    so.add_argument("--dry-run", action="store_true")
+    so.add_argument("--store", help="store directory (default: $UNISD_STORE or ./runs)")
+    asx = sub.add_parser("assets", help="install or check the embedded model and data")
+    asx.add_argument("action", choices=["install", "verify", "path"])
+    cf = sub.add_parser("config", help="print the resolved configuration")
+    cf.add_argument("action", choices=["show"])
+    _add_config_args(cf)
+    sv = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
+    sv.add_argument("--preset", default="default")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished artifacts are kept and partial work resumes on the next run",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for expected errors; -v shows the traceback
+        from engines.assets import AssetError
+        from unisd.configtools import ConfigError
+
+        expected = (ConfigError, AssetError, FileNotFoundError, ValueError, KeyError)
+        if args.verbose or not isinstance(e, expected):
+            raise
+        print(f"unisd: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "sql":
+        from storage.catalog import format_table, query
+
+        print(format_table(query(_store_root(args.store), args.query), args.format))
+        return 0
+    if args.cmd == "store":
+        return _store(args)
+    if args.cmd == "assets":
+        return _assets(args.action)
+    if args.cmd == "config":
+        import yaml
+
+        from unisd.config import load_experiment
+        from unisd.configtools import to_dict
+
+        exp = load_experiment(args.preset, args.config, args.overrides)
+        print(yaml.safe_dump(to_dict(exp), sort_keys=False), end="")
+        return 0
+    # validate before Prefect spins up, so a bad key fails in milliseconds with one line
+    from unisd.config import load_experiment
+
+    if args.cmd in ("run", "stage"):
+        load_experiment(args.preset, args.config, args.overrides)
+    from flows import pipeline as flows
+
+    if args.cmd == "serve":
+        flows.serve_all(args.preset)
+        return 0
+    kwargs = dict(preset=args.preset or "default", config_path=args.config, overrides=list(args.overrides),
+                  force=args.force)
+    if args.cmd == "run":
+        print(flows.unisd(**kwargs))
+    else:
+        flows.STAGE_FLOWS[args.stage](**kwargs)
+    return 0
+
+
+def _store(args) -> int:
+    from storage import Store
+    from storage.catalog import refresh_catalog
+
+    store = Store(_store_root(args.store))
+    if args.action == "ls":
+        for a in store.list(args.stage):
+            rows = ", ".join(f"{k}={v}" for k, v in a.manifest.get("rows", {}).items())
+            secs = a.manifest.get("timings", {}).get("seconds")
+            print(f"{a.stage:10s} {a.key[:16]}  {rows}  {secs:.1f}s" if secs is not None
+                  else f"{a.stage:10s} {a.key[:16]}  {rows}")
+    elif args.action == "gc":
+        for p in store.gc(dry_run=args.dry_run):
+            print(("would remove " if args.dry_run else "removed ") + str(p))
+    else:
+        print(refresh_catalog(store.root))
+    return 0
+
+
+def _assets(action: str) -> int:
+    from engines import assets
+
+    if action == "install":
+        print(json.dumps(assets.install_all(), indent=1))
+    elif action == "verify":
+        print(f"model weights sha256 {assets.verify_embedded_model()}")
+        print(f"medmcqa sample {assets.medmcqa_sample_path()}")
+    else:
+        print(assets.cache_dir())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
