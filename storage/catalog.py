@@ -68,29 +68,40 @@ def _artifacts_sql(root: Path) -> str:
             f"format = 'auto', maximum_object_size = 67108864)")
 
 
-def _build(root: Path, path: Path) -> None:
+def _build(root: Path, path: Path) -> dict[str, str]:
+    """Create the views in a new database file; returns view name -> error for views that failed."""
+    failed = {}
     con = duckdb.connect(str(path))
     try:
-        for table in _table_names(root):
-            con.execute(_view_sql(root, table))
-        con.execute(_artifacts_sql(root))
+        views = [(t, _view_sql(root, t)) for t in _table_names(root)] + [("artifacts", _artifacts_sql(root))]
+        for name, sql in views:
+            try:
+                con.execute(sql)
+            except duckdb.Error as e:  # one unreadable file must not hide every other table
+                failed[name] = str(e).splitlines()[0]
     finally:
         con.close()
+    return failed
 
 
 def refresh_catalog(root: str | Path) -> Path:
-    """Rebuild ``<root>/catalog.duckdb`` (views only) in a temp file and atomically swap it in."""
+    """Rebuild ``<root>/catalog.duckdb`` (views only) in a temp file and atomically swap it in.
+
+    A view whose files cannot be read is left out with a warning; the build is retried first, since
+    the usual cause is an artifact removed by gc while the views were being bound.
+    """
     root = Path(root).expanduser().resolve()
     final = root / CATALOG
     for attempt in range(3):
         tmp = root / f".catalog-{uuid.uuid4().hex}.duckdb"
         try:
-            _build(root, tmp)
+            failed = _build(root, tmp)
+            if failed and attempt < 2:
+                continue
+            for name, err in failed.items():
+                log.warning("catalog: no view %s: %s", name, err)
             os.replace(tmp, final)
             return final
-        except duckdb.IOException:
-            if attempt == 2:  # an artifact vanished (gc) while views were being bound: retry
-                raise
         finally:
             for p in (tmp, tmp.with_name(tmp.name + ".wal")):
                 with contextlib.suppress(FileNotFoundError):
@@ -141,7 +152,7 @@ def _plain_text(table: pa.Table, max_width: int) -> str:
 
 
 def format_table(table: pa.Table, fmt: str = "table", *, max_width: int = 64) -> str:
-    """Render a query result: ``table`` (aligned text, long cells cut at ``max_width``), ``csv`` or ``json``."""
+    """Render a query result as ``table`` (aligned text, cells cut at ``max_width``), ``csv`` or ``json``."""
     if fmt == "table":
         return _plain_text(table, max_width)
     if fmt == "csv":

@@ -46,9 +46,11 @@ class StageSpec:
         for kind, tables in (("input", self.inputs), ("output", self.outputs)):
             for table, ts in tables.items():
                 if not NAME_RE.match(table):
-                    raise ValueError(f"stage {self.name}: {kind} table name {table!r} must match {NAME_RE.pattern}")
+                    raise ValueError(f"stage {self.name}: {kind} table name {table!r} "
+                                     f"must match {NAME_RE.pattern}")
                 if not isinstance(ts, TableSchema):
-                    raise TypeError(f"stage {self.name}: {kind} {table!r} must be a TableSchema, got {type(ts).__name__}")
+                    raise TypeError(f"stage {self.name}: {kind} {table!r} must be a TableSchema, "
+                                    f"got {type(ts).__name__}")
 
 
 def _plain(obj: Any, where: str) -> Any:
@@ -61,7 +63,7 @@ def _plain(obj: Any, where: str) -> Any:
         return int(obj)
     if isinstance(obj, float):
         if not math.isfinite(obj):
-            raise TypeError(f"canonical_json: {where} is {obj!r}; non-finite floats are not allowed (use None)")
+            raise TypeError(f"canonical_json: {where} is {obj!r}; non-finite floats are not allowed")
         return float(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _plain(getattr(obj, f.name), f"{where}.{f.name}") for f in dataclasses.fields(obj)}

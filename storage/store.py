@@ -60,7 +60,7 @@ def _package_version() -> str:
 def _git_sha() -> str | None:
     """HEAD of the repository holding this package, if git answers within a second."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, check=False,
                              capture_output=True, text=True, timeout=1)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -69,7 +69,7 @@ def _git_sha() -> str | None:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -197,10 +197,11 @@ class Store:
         log.info("stage %s: computing %s%s", spec.name, key[:12], " (resuming)" if resumed else "")
         started, t0 = _now(), time.perf_counter()
         tables = _conform_outputs(spec, compute(ws))
+        seconds = round(time.perf_counter() - t0, 3)
         meta |= {
             "rows": {name: t.num_rows for name, t in tables.items()},
             "outputs": {name: schema_record(ts) for name, ts in spec.outputs.items()},
-            "timings": {"started": started, "finished": _now(), "seconds": round(time.perf_counter() - t0, 3)},
+            "timings": {"started": started, "finished": _now(), "seconds": seconds},
             "package_version": _package_version(), "host": socket.gethostname(),
             "python": platform.python_version(), "git_sha": _git_sha(),
         }
@@ -227,7 +228,7 @@ class Store:
     def _refresh_catalog(self) -> None:
         try:
             catalog.refresh_catalog(self.root)
-        except Exception as e:  # the catalog is derived data; never fail a write because of it
+        except Exception as e:  # noqa: BLE001 - the catalog is derived data; never fail a write for it
             log.warning("could not refresh the DuckDB catalog in %s: %s", self.root, e)
 
     def query(self, sql: str) -> pa.Table:

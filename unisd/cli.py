@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     asx = sub.add_parser("assets", help="install or check the embedded model and data")
     asx.add_argument("action", choices=["install", "verify", "path"])
     cf = sub.add_parser("config", help="print the resolved configuration")
-    cf.add_argument("action", choices=["show"])
+    cf.add_argument("action", choices=["show", "docs"])
     _add_config_args(cf)
     sv = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
     sv.add_argument("--preset", default="default")
@@ -99,6 +99,12 @@ def _dispatch(args) -> int:
         from unisd.config import load_experiment
         from unisd.configtools import to_dict
 
+        if args.action == "docs":
+            from unisd.config import ExperimentConfig
+            from unisd.configtools import reference_markdown
+
+            print(reference_markdown(ExperimentConfig), end="")
+            return 0
         exp = load_experiment(args.preset, args.config, args.overrides)
         print(yaml.safe_dump(to_dict(exp), sort_keys=False), end="")
         return 0

@@ -15,7 +15,7 @@ import yaml
 
 from engines.models import ModelConfig, resolve_path
 from stages.evaluate import EvaluateConfig
-from stages.ingest import ADAPTERS, IngestConfig
+from stages.ingest import REGISTRY, IngestConfig
 from unisd.configtools import ConfigError, apply_overrides, build
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -42,9 +42,9 @@ class ExperimentConfig:
         if not self.datasets:
             raise ValueError("datasets: at least one dataset is required")
         for i, d in enumerate(self.datasets):
-            if d.dataset not in ADAPTERS:
+            if d.dataset not in REGISTRY:
                 raise ValueError(f"datasets[{i}].dataset: unknown dataset {d.dataset!r} "
-                                 f"(known: {', '.join(sorted(ADAPTERS))})")
+                                 f"(known: {', '.join(sorted(REGISTRY))})")
         names = [d.dataset if d.dataset != "local" else (d.path or "") for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError("datasets: the same dataset is listed twice")

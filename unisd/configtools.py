@@ -181,3 +181,35 @@ def field_docs(cls: type) -> dict[str, str]:
             if isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
                 docs[a.target.id] = " ".join(str(b.value.value).split())
     return docs
+
+
+def reference_markdown(cls: type, prefix: str = "") -> str:
+    """A Markdown table of every knob of ``cls`` (dotted key, default, meaning), recursing into nested configs."""
+    rows: list[str] = []
+    _reference_rows(cls, prefix, rows)
+    return "| key | default | meaning |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def _reference_rows(cls: type, prefix: str, rows: list[str]) -> None:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            _reference_rows(tp, key + ".", rows)
+            continue
+        item = get_args(tp)[0] if get_origin(tp) in (tuple, list) and get_args(tp) else None
+        if item is not None and dataclasses.is_dataclass(item):
+            rows.append(f"| `{key}` | `[]` | {docs.get(f.name, '')} Each item: |")
+            _reference_rows(item, key + "[].", rows)
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        shown = yaml.safe_dump(to_dict(default), default_flow_style=True, width=10_000).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        rows.append(f"| `{key}` | `{shown}` | {docs.get(f.name, '').replace('|', '/')} |")

@@ -17,8 +17,16 @@ from typing import Any
 
 from stages.ingest.config import IngestConfig
 from stages.ingest.formats import (
-    Draft, RecordError, SkipRecord, content_hash, letter_of, mcqa_prompt, need, optional_text,
-    reference, text,
+    Draft,
+    RecordError,
+    SkipRecord,
+    content_hash,
+    letter_of,
+    mcqa_prompt,
+    need,
+    optional_text,
+    reference,
+    text,
 )
 from stages.ingest.sources import IngestError, Record, read_file
 
@@ -75,7 +83,7 @@ def _from_evals(rec: dict[str, Any]) -> dict[str, Any]:
         raise RecordError(f"field 'ideal' must start with a letter a-d and ')', got {ideal[:20]!r}")
     return {
         "question": "\n".join(lines[:-4]).strip(), "subject_name": subject,
-        **{f"op{k}": m.group(2) for k, m in zip("abcd", matches)},  # type: ignore[union-attr]
+        **{f"op{k}": m.group(2) for k, m in zip("abcd", matches, strict=True)},  # type: ignore[union-attr]
         "cop": "abcd".index(ideal[0]),
     }
 

@@ -37,7 +37,8 @@ def humaneval(rec: dict[str, Any], cfg: IngestConfig) -> Draft:
     text(prompt, "prompt")
     entry = text(need(rec, "entry_point"), "entry_point")
     task_id = text(need(rec, "task_id"), "task_id")
-    student = f"Complete the following Python function. {CODE_INSTRUCTION}\n\n```python\n{prompt.rstrip()}\n```"
+    student = (f"Complete the following Python function. {CODE_INSTRUCTION}\n\n"
+               f"```python\n{prompt.strip()}\n```")
     return Draft(
         prompt=student,
         reference=prompt + need(rec, "canonical_solution"),
@@ -91,7 +92,7 @@ def _arity(tests: list[str], name: str) -> int:
 
 
 def repair(code: str, tests: list[str]) -> tuple[str, str, str, str | None]:
-    """(code, function name, signature line, renamed-from) with the gold function named as the tests call it."""
+    """(code, name, signature line, renamed-from): the gold function named as the tests call it."""
     defs = _defs(code)
     name = tested_function(tests)
     if name is None:

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from unisd.config import CONFIG_DIR, ExperimentConfig, load_experiment
+from unisd.configtools import ConfigError, apply_overrides, field_docs
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_preset_loads(path: Path):
+    exp = load_experiment(preset=path.stem, check_model=False)
+    assert isinstance(exp, ExperimentConfig)
+    assert exp.datasets
+
+
+def test_overrides_are_typed_and_applied():
+    exp = load_experiment("smoke", overrides=["evaluate.batch_size=2", "datasets.0.limit=1",
+                                              "evaluate.max_new_tokens.code=5"], check_model=False)
+    assert exp.evaluate.batch_size == 2
+    assert exp.datasets[0].limit == 1
+    assert exp.evaluate.max_new_tokens["code"] == 5
+
+
+@pytest.mark.parametrize("override,message", [
+    ("evaluate.batch_sise=2", "evaluate.batch_sise: unknown key"),
+    ("evaluate.batch_size=two", "evaluate.batch_size: expected an integer"),
+    ("evaluate.batch_size=0", "batch_size must be >= 1"),
+    ("evaluate.temperature=[1]", "evaluate.temperature: expected a number"),
+    ("datasets.0.dataset=imagenet", "unknown dataset 'imagenet'"),
+    ("datasets.9.limit=1", "not a valid index"),
+    ("model.dtype=float8", "model.dtype: must be one of"),
+    ("model.path=/nonexistent/model", "does not exist"),
+    ("methods=[base,unknown]", "unknown method 'unknown'"),
+    ("nokey", "expected key=value"),
+])
+def test_bad_config_is_one_clear_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_experiment("smoke", overrides=[override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(ConfigError, match="known: .*default"):
+        load_experiment("nope")
+
+
+def test_extends_merges_deeply(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("extends: smoke\nevaluate:\n  batch_size: 3\n")
+    exp = load_experiment(config=str(cfg), check_model=False)
+    assert exp.evaluate.batch_size == 3
+    assert exp.evaluate.max_new_tokens["code"] == 12  # inherited from smoke
+
+
+def test_apply_overrides_does_not_mutate():
+    data = {"a": {"b": 1}}
+    out = apply_overrides(data, ["a.b=2"])
+    assert data == {"a": {"b": 1}} and out == {"a": {"b": 2}}
+
+
+def test_every_config_field_is_documented():
+    import dataclasses
+
+    def walk(cls, seen):
+        if cls in seen:
+            return
+        seen.add(cls)
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            assert f.name in docs, f"{cls.__name__}.{f.name} has no docstring"
+            for t in (f.type if isinstance(f.type, type) else None,):
+                if t is not None and dataclasses.is_dataclass(t):
+                    walk(t, seen)
+
+    from engines.models import ModelConfig
+    from stages.evaluate import EvaluateConfig
+    from stages.ingest import IngestConfig
+
+    for cls in (ExperimentConfig, ModelConfig, EvaluateConfig, IngestConfig):
+        walk(cls, set())
