@@ -54,7 +54,6 @@ class _ChunkedHead(torch.autograd.Function):
         n = hidden.shape[0]
         values = torch.empty(n, dtype=dtype, device=hidden.device)
         grad_hidden = torch.empty(hidden.shape, dtype=dtype, device=hidden.device) if need_hidden else None
-        need_grad = need_hidden or need_weight
         for start, end in _chunk_bounds(n, chunk_size):
             logits = (hidden[start:end] @ weight.T).to(dtype)  # (c, V)
             chunk_values, grad_logits = chunk_fn(logits, start, end, need_hidden)
@@ -66,8 +65,6 @@ class _ChunkedHead(torch.autograd.Function):
         ctx.need_hidden = need_hidden
         ctx.need_weight = need_weight
         ctx.save_for_backward(hidden, weight, grad_hidden)
-        if not need_grad:
-            ctx.mark_non_differentiable(values)
         return values
 
     @staticmethod

@@ -14,7 +14,9 @@ from torch import Tensor
 __all__ = ["combine"]
 
 
-def combine(terms: list[tuple[str, float, Tensor]], *, prefix: str = "train/loss") -> tuple[Tensor, dict[str, float]]:
+def combine(
+    terms: list[tuple[str, float, Tensor]], *, prefix: str = "train/loss"
+) -> tuple[Tensor, dict[str, float]]:
     """Σ weight·term over non-zero weights; metrics ``<prefix>/<name>`` (unweighted) and ``<prefix>/total``.
 
     terms: (name, weight, scalar tensor). Names must be unique; at least one weight must be non-zero.
@@ -38,4 +40,3 @@ def combine(terms: list[tuple[str, float, Tensor]], *, prefix: str = "train/loss
         raise ValueError(f"every loss term has weight 0: {names}")
     metrics[f"{prefix}/total"] = float(total.detach())
     return total, metrics
-

@@ -40,6 +40,7 @@ from objectives.masking import compute_dtype
 __all__ = [
     "DivergenceKind",
     "chunked_token_divergence",
+    "divergence_and_logit_grad",
     "divergence_from_logps",
     "token_divergence",
     "topk_token_divergence",

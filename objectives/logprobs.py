@@ -28,7 +28,9 @@ def _check_tokens(tokens: Tensor, lead_shape: torch.Size) -> None:
         raise ValueError(f"tokens must be integer ids, got {tokens.dtype}")
 
 
-def gather_logps(logits: Tensor, tokens: Tensor, *, temperature: float = 1.0, chunk_size: int = 256) -> Tensor:
+def gather_logps(
+    logits: Tensor, tokens: Tensor, *, temperature: float = 1.0, chunk_size: int = 256
+) -> Tensor:
     """log p(tokens) under softmax(logits/τ): logits (..., V), tokens (...) -> (...), float32+.
 
     Processes `chunk_size` rows at a time so the float32 copy of the logits stays O(chunk × V).
@@ -77,10 +79,14 @@ def chunked_gather_logps(
     return chunked_head_apply(rows, weight, chunk_fn, chunk_size).reshape(tokens.shape)
 
 
-def _masked_nll(logps: Tensor, keep: Tensor, normalizer: float | Tensor | None) -> tuple[Tensor, dict[str, float]]:
+def _masked_nll(
+    logps: Tensor, keep: Tensor, normalizer: float | Tensor | None
+) -> tuple[Tensor, dict[str, float]]:
     count = keep.sum()
     denominator = token_denominator(count, normalizer)
-    loss = -torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device)).sum() / denominator
+    loss = (
+        -torch.where(keep, logps, torch.zeros((), dtype=logps.dtype, device=logps.device)).sum() / denominator
+    )
     return loss, {"ce/loss": loss.item(), "ce/tokens": float(count)}
 
 
@@ -108,6 +114,8 @@ def chunked_cross_entropy(
     """`cross_entropy` from hidden (..., H) and LM-head weight (V, H); only masked rows are computed."""
     keep = as_bool_mask(mask, targets)
     if hidden.shape[:-1] != targets.shape:
-        raise ValueError(f"hidden leading shape {tuple(hidden.shape[:-1])} != targets shape {tuple(targets.shape)}")
+        raise ValueError(
+            f"hidden leading shape {tuple(hidden.shape[:-1])} != targets shape {tuple(targets.shape)}"
+        )
     logps = chunked_gather_logps(hidden[keep], weight, targets[keep], chunk_size=chunk_size)
     return _masked_nll(logps, torch.ones_like(logps, dtype=torch.bool), normalizer)

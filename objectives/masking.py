@@ -40,9 +40,7 @@ def check_same_shape(**tensors: Tensor) -> None:
     first_name, first = items[0]
     for name, tensor in items[1:]:
         if tensor.shape != first.shape:
-            raise ValueError(
-                f"{name} shape {tuple(tensor.shape)} != {first_name} shape {tuple(first.shape)}"
-            )
+            raise ValueError(f"{name} shape {tuple(tensor.shape)} != {first_name} shape {tuple(first.shape)}")
 
 
 def token_denominator(count: Tensor, normalizer: float | Tensor | None) -> Tensor | float:

@@ -41,7 +41,7 @@ def humaneval(rec: dict[str, Any], cfg: IngestConfig) -> Draft:
                f"```python\n{prompt.strip()}\n```")
     return Draft(
         prompt=student,
-        reference=prompt + need(rec, "canonical_solution"),
+        reference=(prompt + need(rec, "canonical_solution")).lstrip("\n"),
         answer=entry,
         key=task_id,
         tests=need(rec, "test") + f"\n\ncheck({entry})\n",
@@ -111,18 +111,24 @@ def repair(code: str, tests: list[str]) -> tuple[str, str, str, str | None]:
     return code, name, f"def {name}({args}):", renamed
 
 
+def _lines(code: str) -> str:
+    """Unix line endings (MBPP's solutions use \\r\\n)."""
+    return code.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def mbpp(rec: dict[str, Any], cfg: IngestConfig) -> Draft:
     """`google-research-datasets/mbpp` full (text, test_setup_code) or sanitized (prompt, test_imports)."""
     task = rec.get("text") if rec.get("text") is not None else rec.get("prompt")
     task = text(task, "text" if "text" in rec else "prompt")
-    tests = need(rec, "test_list")
-    if not isinstance(tests, list) or not tests:
+    raw_tests = need(rec, "test_list")
+    if not isinstance(raw_tests, list) or not raw_tests:
         raise RecordError("field 'test_list' must be a non-empty list of asserts")
-    code, name, signature, renamed = repair(text(need(rec, "code"), "code"), [str(t) for t in tests])
-    setup = [str(x) for x in rec.get("test_imports") or []]
+    tests = [_lines(str(t)).strip() for t in raw_tests]
+    code, name, signature, renamed = repair(_lines(text(need(rec, "code"), "code")), tests)
+    setup = [_lines(str(x)).strip() for x in rec.get("test_imports") or []]
     if (rec.get("test_setup_code") or "").strip():
-        setup.append(rec["test_setup_code"].strip())
-    program = "\n".join(setup) + ("\n\n" if setup else "") + "\n".join(str(t) for t in tests) + "\n"
+        setup.append(_lines(rec["test_setup_code"]).strip())
+    program = "\n".join(setup) + ("\n\n" if setup else "") + "\n".join(tests) + "\n"
     meta = {"entry_point": name, "task_id": rec.get("task_id"), "signature": signature}
     if renamed:
         meta["renamed_from"] = renamed

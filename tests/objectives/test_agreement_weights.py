@@ -20,7 +20,9 @@ def test_single_view_gives_exact_ones(stat: str) -> None:
     weights, metrics = token_agreement_weights(_views(1, 7), mask, gamma=1.0, stat=stat)
     assert torch.equal(weights, torch.ones(7, dtype=torch.float64))
     assert all(math.isfinite(value) for value in metrics.values())
-    seq_weights, _ = sequence_agreement_weights(_views(1, 6).reshape(1, 2, 3), mask[:6].reshape(2, 3), gamma=1.0, stat=stat)
+    seq_weights, _ = sequence_agreement_weights(
+        _views(1, 6).reshape(1, 2, 3), mask[:6].reshape(2, 3), gamma=1.0, stat=stat
+    )
     assert torch.equal(seq_weights, torch.ones(2, dtype=torch.float64))
 
 
@@ -122,7 +124,9 @@ def test_token_weights_closed_form() -> None:
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 0], [1, 0, 1]], dtype=torch.bool)
     token_weights = torch.tensor([[0.5, 1.0, 0.1], [1.0, 0.2, 0.25]], dtype=torch.float64)
-    value, metrics = weighted_token_mean(per_token, mask, token_weights, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    value, metrics = weighted_token_mean(
+        per_token, mask, token_weights, torch.tensor([1.0, 2.0], dtype=torch.float64)
+    )
     assert value.item() == pytest.approx((0.5 + 2.0 + 2 * 4.0 + 2 * 0.25 * 6.0) / 4)
     assert metrics["reduce/tokens"] == 4.0
 
@@ -140,8 +144,12 @@ def test_gradient_accumulation_with_global_normalizer_equals_full_batch(normaliz
     normalizer = mask.sum() if normalize == "batch_tokens" else 8
     micro = [
         weighted_token_mean(
-            per_token[i : i + 2], mask[i : i + 2], token_weights[i : i + 2], seq_weights[i : i + 2],
-            normalize=normalize, normalizer=normalizer,
+            per_token[i : i + 2],
+            mask[i : i + 2],
+            token_weights[i : i + 2],
+            seq_weights[i : i + 2],
+            normalize=normalize,
+            normalizer=normalizer,
         )[0]
         for i in range(0, 8, 2)
     ]
@@ -150,8 +158,13 @@ def test_gradient_accumulation_with_global_normalizer_equals_full_batch(normaliz
     assert accumulated.item() == pytest.approx(full.item(), rel=1e-12)
     assert torch.allclose(micro_grad, full_grad, atol=1e-15)
     if normalize == "batch_tokens":  # local means would not add up (uneven token counts)
-        local = sum(weighted_token_mean(per_token[i : i + 2], mask[i : i + 2], token_weights[i : i + 2])[0]
-                    for i in range(0, 8, 2)) / 4
+        local = (
+            sum(
+                weighted_token_mean(per_token[i : i + 2], mask[i : i + 2], token_weights[i : i + 2])[0]
+                for i in range(0, 8, 2)
+            )
+            / 4
+        )
         unweighted_full, _ = weighted_token_mean(per_token, mask, token_weights)
         assert local.item() != pytest.approx(unweighted_full.item(), rel=1e-6)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from objectives.divergence import chunked_token_divergence, token_divergence
+from objectives.chunked import chunked_head_apply
+from objectives.divergence import chunked_token_divergence, divergence_and_logit_grad, token_divergence
 from objectives.logprobs import chunked_cross_entropy, chunked_gather_logps, cross_entropy, gather_logps
 
 KINDS = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3), ("jsd", 0.0), ("jsd", 1.0)]
@@ -24,7 +25,9 @@ def _inputs(n: int = 10, hidden: int = 6, vocab: int = 13, seed: int = 0, dtype:
 @pytest.mark.parametrize(("kind", "beta"), KINDS)
 @pytest.mark.parametrize("chunk_size", [1, 3, 4, 10, 64])
 @pytest.mark.parametrize("separate_teacher_head", [False, True])
-def test_chunked_divergence_equals_dense(kind: str, beta: float, chunk_size: int, separate_teacher_head: bool) -> None:
+def test_chunked_divergence_equals_dense(
+    kind: str, beta: float, chunk_size: int, separate_teacher_head: bool
+) -> None:
     student, teacher, weight, teacher_weight, grad_out = _inputs()
     t_weight = teacher_weight if separate_teacher_head else weight
     h_dense = student.clone().requires_grad_()
@@ -76,7 +79,11 @@ def test_no_grad_and_leading_dims() -> None:
     expected = token_divergence(student @ weight.T, teacher @ weight.T, kind="jsd")
     with torch.no_grad():
         values = chunked_token_divergence(
-            student.reshape(3, 4, -1).requires_grad_(), weight, teacher.reshape(3, 4, -1), kind="jsd", chunk_size=5
+            student.reshape(3, 4, -1).requires_grad_(),
+            weight,
+            teacher.reshape(3, 4, -1),
+            kind="jsd",
+            chunk_size=5,
         )
     assert values.shape == (3, 4) and not values.requires_grad
     assert torch.allclose(values.reshape(-1), expected, atol=1e-12)
@@ -87,7 +94,9 @@ def test_temperature_is_honoured_in_chunked() -> None:
     at_one = chunked_token_divergence(student, weight, teacher, temperature=1.0)
     at_two = chunked_token_divergence(student, weight, teacher, temperature=2.0)
     assert not torch.allclose(at_one, at_two, rtol=1e-3)
-    assert torch.allclose(at_two, token_divergence(student @ weight.T / 2, teacher @ weight.T / 2), atol=1e-12)
+    assert torch.allclose(
+        at_two, token_divergence(student @ weight.T / 2, teacher @ weight.T / 2), atol=1e-12
+    )
 
 
 def test_bf16_inputs_compute_in_float32() -> None:
@@ -105,7 +114,9 @@ def test_bf16_inputs_compute_in_float32() -> None:
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_chunked_gather_logps_equals_dense(chunk_size: int, temperature: float) -> None:
     student, _, weight, _, grad_out = _inputs()
-    tokens = torch.randint(0, weight.shape[0], (student.shape[0],), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(
+        0, weight.shape[0], (student.shape[0],), generator=torch.Generator().manual_seed(1)
+    )
     h_dense, w_dense = student.clone().requires_grad_(), weight.clone().requires_grad_()
     dense = gather_logps(h_dense @ w_dense.T, tokens, temperature=temperature)
     (dense * grad_out).sum().backward()
@@ -141,6 +152,35 @@ def test_chunked_cross_entropy_equals_dense() -> None:
     assert torch.allclose(h_chunk.grad, h_dense.grad, atol=1e-12)
     assert chunked_metrics["ce/tokens"] == dense_metrics["ce/tokens"] == 7.0
     assert bool((h_chunk.grad[~mask] == 0).all())
+
+
+def test_logits_never_exceed_one_chunk() -> None:
+    """The O(chunk × V) property: no call ever sees more than `chunk_size` rows of logits."""
+    student, teacher, weight, _, _ = _inputs(n=23)
+    seen: list[int] = []
+
+    def chunk_fn(logits: torch.Tensor, start: int, end: int, need_grad: bool):
+        seen.append(logits.shape[0])
+        teacher_logits = teacher[start:end] @ weight.T
+        return divergence_and_logit_grad(
+            logits, teacher_logits, kind="forward_kl", beta=0.5, temperature=1.0, need_grad=need_grad
+        )
+
+    hidden = student.clone().requires_grad_()
+    head = weight.clone().requires_grad_()
+    chunked_head_apply(hidden, head, chunk_fn, chunk_size=5).sum().backward()
+    assert max(seen) == 5 and sum(seen) == 2 * 23  # forward pass + weight-gradient recompute
+
+
+def test_no_loss_tokens_gives_empty_values_and_zero_gradients() -> None:
+    student, teacher, weight, _, _ = _inputs()
+    hidden = student.clone().requires_grad_()
+    head = weight.clone().requires_grad_()
+    none = torch.zeros(student.shape[0], dtype=torch.bool)
+    values = chunked_token_divergence(hidden[none], head, teacher[none], kind="jsd")
+    assert values.shape == (0,)
+    values.sum().backward()
+    assert bool((hidden.grad == 0).all()) and bool((head.grad == 0).all())
 
 
 def test_shape_errors() -> None:

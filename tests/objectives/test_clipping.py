@@ -32,7 +32,9 @@ def test_quantile_cap_clips_about_one_minus_q_of_masked_tokens() -> None:
 
 
 def test_quantile_threshold_is_detached() -> None:
-    per_token = torch.rand(50, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_()
+    per_token = torch.rand(
+        50, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    ).requires_grad_()
     clipped, _ = clip_divergence(per_token, torch.ones(50), quantile=0.8)
     clipped.sum().backward()
     assert set(per_token.grad.unique().tolist()) <= {0.0, 1.0}

@@ -33,7 +33,11 @@ def test_known_value_and_metrics() -> None:
 
 def test_teachers_are_constants_and_masked_tokens_inert() -> None:
     # token 0 sits between g and n: hinge 0.5 + 0.1 - 0.2 = 0.4, d/ds = (sign(s-g) - sign(s-n)) / 2 = -1.
-    student, good, bad = _t([-1.3, -2.0, -1.0], True), _t([-1.2, -2.5, 0.0], True), _t([-1.5, -2.1, 7.0], True)
+    student, good, bad = (
+        _t([-1.3, -2.0, -1.0], True),
+        _t([-1.2, -2.5, 0.0], True),
+        _t([-1.5, -2.1, 7.0], True),
+    )
     mask = torch.tensor([1, 1, 0], dtype=torch.bool)
     loss, _ = token_contrastive(student, good, bad, mask, margin=0.5)
     loss.backward()

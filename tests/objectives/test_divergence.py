@@ -12,7 +12,9 @@ from objectives.divergence import divergence_from_logps, token_divergence, topk_
 KINDS = ["forward_kl", "reverse_kl", "jsd"]
 
 
-def _logits(n: int, v: int, seed: int, dtype: torch.dtype = torch.float64, scale: float = 2.0) -> torch.Tensor:
+def _logits(
+    n: int, v: int, seed: int, dtype: torch.dtype = torch.float64, scale: float = 2.0
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, v, generator=generator, dtype=dtype) * scale
 
@@ -59,7 +61,9 @@ def test_jsd_closed_form_symmetric_and_bounded() -> None:
     assert torch.allclose(forward, backward, atol=1e-12)
     assert bool((forward <= math.log(2) + 1e-12).all()) and bool((forward >= 0).all())
 
-    disjoint = token_divergence(torch.tensor([[60.0, 0.0]]), torch.tensor([[0.0, 60.0]]), kind="jsd", beta=0.5)
+    disjoint = token_divergence(
+        torch.tensor([[60.0, 0.0]]), torch.tensor([[0.0, 60.0]]), kind="jsd", beta=0.5
+    )
     assert disjoint.item() == pytest.approx(math.log(2), abs=1e-5)
 
 
@@ -92,9 +96,9 @@ def test_matches_naive_loop() -> None:
     for row in range(3):
         ps = torch.softmax(student[row] / temperature, -1).tolist()
         pt = torch.softmax(teacher[row] / temperature, -1).tolist()
-        mix = [(1 - beta) * s + beta * t for s, t in zip(ps, pt)]
-        kl_t = sum(t * math.log(t / m) for t, m in zip(pt, mix))
-        kl_s = sum(s * math.log(s / m) for s, m in zip(ps, mix))
+        mix = [(1 - beta) * s + beta * t for s, t in zip(ps, pt, strict=True)]
+        kl_t = sum(t * math.log(t / m) for t, m in zip(pt, mix, strict=True))
+        kl_s = sum(s * math.log(s / m) for s, m in zip(ps, mix, strict=True))
         assert values[row].item() == pytest.approx(beta * kl_t + (1 - beta) * kl_s, rel=1e-10)
 
 

@@ -43,7 +43,9 @@ def test_masked_positions_inert_and_teacher_detached() -> None:
 def test_gradcheck() -> None:
     mask = torch.tensor([[1, 1, 0], [0, 1, 1]], dtype=torch.bool)
     teacher = _hidden(3)
-    assert torch.autograd.gradcheck(lambda s: feature_matching(s, teacher, mask)[0], (_hidden(4).requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda s: feature_matching(s, teacher, mask)[0], (_hidden(4).requires_grad_(),)
+    )
 
 
 def test_shape_mismatch() -> None:

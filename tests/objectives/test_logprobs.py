@@ -42,7 +42,9 @@ def test_gather_logps_upcasts_bf16_and_has_gradient() -> None:
 
 def test_gather_logps_gradcheck() -> None:
     logits, tokens = _case()
-    assert torch.autograd.gradcheck(lambda x: gather_logps(x, tokens, chunk_size=4), (logits.requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda x: gather_logps(x, tokens, chunk_size=4), (logits.requires_grad_(),)
+    )
 
 
 def test_cross_entropy_matches_torch_on_masked_tokens() -> None:

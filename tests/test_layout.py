@@ -1,0 +1,59 @@
+"""Architecture rules: imports flow flows -> stages -> {objectives, engines, storage, schemas}; Prefect only in flows/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOWED = {
+    "schemas": set(),
+    "storage": {"schemas"},
+    "objectives": set(),
+    "engines": {"schemas"},
+    "stages": {"schemas", "storage", "engines", "objectives", "stages"},
+    "flows": {"stages", "storage", "schemas", "engines", "unisd", "flows"},
+}
+PACKAGES = {"schemas", "storage", "objectives", "engines", "stages", "flows", "unisd"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_import_direction(package):
+    for path in (ROOT / package).rglob("*.py"):
+        imported = _imports(path) & PACKAGES - {package}
+        bad = imported - ALLOWED[package]
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+        if package != "flows":
+            assert "prefect" not in _imports(path), f"{path.relative_to(ROOT)} imports prefect"
+
+
+def test_no_nltk_download_and_no_exec():
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            assert "nltk.download" not in text, path
+            assert not any(line.lstrip().startswith("exec(") for line in text.splitlines()), path
+
+
+def test_readme_config_reference_is_current():
+    from unisd.config import ExperimentConfig
+    from unisd.configtools import reference_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- config-reference:start -->") + len("<!-- config-reference:start -->\n")
+    end = readme.index("<!-- config-reference:end -->")
+    assert readme[start:end] == reference_markdown(ExperimentConfig), \
+        "README config reference is stale: run `python scripts/update_readme.py`"
