@@ -55,7 +55,8 @@ class IngestConfig:
     math_tasks: tuple[str, ...] = DEFAULT_MATH_TASKS
     """dataset=math: reasoning-gym task names to generate from."""
     num_math_items: int = 600
-    """dataset=math: items generated in total, shared evenly across `math_tasks`."""
+    """dataset=math: items generated in total, shared evenly across `math_tasks` (repeated questions
+    are kept once, so the table can hold slightly fewer)."""
 
     def __post_init__(self) -> None:
         from stages.ingest.registry import REGISTRY

@@ -50,13 +50,11 @@ def need(rec: dict[str, Any], key: str) -> Any:
     return rec[key]
 
 
-def text(value: Any, field: str) -> str:
+def text(value: Any, name: str) -> str:
     """A non-empty stripped string, or a RecordError naming the field."""
-    if value is None or (isinstance(value, float) and value != value):
-        raise RecordError(f"field {field!r} is empty")
-    out = str(value).strip()
-    if not out:
-        raise RecordError(f"field {field!r} is empty")
+    out = optional_text(value)
+    if out is None:
+        raise RecordError(f"field {name!r} is empty")
     return out
 
 

@@ -28,7 +28,7 @@ from stages.ingest.formats import (
     reference,
     text,
 )
-from stages.ingest.sources import IngestError, Record, read_file
+from stages.ingest.sources import Record, read_file
 
 MEDMCQA_FILE = Path("medmcqa") / "samples.jsonl"
 _EVALS_OPTION = re.compile(r"^([a-d])\) (.*)$")
@@ -158,5 +158,3 @@ def cos_e(rec: dict[str, Any], cfg: IngestConfig) -> Draft:
                  optional_text(rec.get("abstractive_explanation")), key=optional_text(rec.get("id")),
                  meta={k: v for k, v in meta.items() if v})
 
-
-__all__ = ["IngestError", "cos_e", "gpqa", "medmcqa", "read_medmcqa_sample", "scienceqa"]

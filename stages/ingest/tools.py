@@ -8,7 +8,8 @@ Assumed record schema (the one the reference code reads):
 - ``golden_response``: list of strings forming the gold ReAct text ("Thought: ...", "Action: X",
   "Action Input: {...}"); the test split holds ``[""]``;
 - ``golden_answer``: on the test split, a list of ``{"Action": ..., "Action_Input": ...}`` steps
-  (Action_Input a JSON string or object); on the train split it may hold plain strings.
+  (Action_Input a JSON string or object); on the train split it may hold the final answer as strings,
+  kept in ``meta.final_answer``.
 
 The reference is the gold ReAct text (rebuilt from the steps when ``golden_response`` is empty),
 ``tests`` is the JSON list of gold steps ``[{"action": ..., "action_input": {...}}]`` that the scorer
@@ -75,6 +76,9 @@ def tooluse(rec: dict[str, Any], cfg: IngestConfig) -> Draft:
     steps = _steps_from_answer(rec.get("golden_answer")) or (parse_steps(react) if react else [])
     if not steps:
         raise RecordError("no gold steps: 'golden_response' and 'golden_answer' hold no Action")
-    meta = {"instruction": optional_text(rec.get("instruction")), "api": optional_text(rec.get("name"))}
+    answers = rec.get("golden_answer")
+    final = [str(a) for a in answers if isinstance(a, str) and a.strip()] if isinstance(answers, list) else []
+    meta = {"instruction": optional_text(rec.get("instruction")), "api": optional_text(rec.get("name")),
+            "final_answer": "\n".join(final) or None}
     return Draft(prompt=prompt, reference=react or _react(steps), answer=dumps([s["action"] for s in steps]),
                  tests=dumps(steps), meta={k: v for k, v in meta.items() if v})

@@ -127,7 +127,8 @@ def test_bundled_math_answers_are_correct_by_reasoning_gym() -> None:
         meta = json.loads(r["meta"])
         entry = source[meta["task"]][meta["source_index"]]
         assert entry["question"] in r["prompt"] and r["reference"] == f"Answer: {r['answer']}"
-        assert reasoning_gym.create_dataset(meta["task"], size=1, seed=3).score_answer(r["answer"], entry) == 1.0
+        scorer = reasoning_gym.create_dataset(meta["task"], size=1, seed=3)
+        assert scorer.score_answer(r["answer"], entry) == 1.0
 
 
 def test_unknown_math_task_is_a_clear_error() -> None:

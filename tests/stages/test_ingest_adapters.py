@@ -123,7 +123,8 @@ def test_gsm8k_splits_off_the_final_answer_and_cleans_the_rationale() -> None:
     rows = {r["answer"]: r for r in load("gsm8k", FIXTURES / "gsm8k.jsonl")}
     assert set(rows) == {"72", "10", "1200", "5"}
     clips = rows["72"]
-    assert clips["rationale"].startswith("Natalia sold 48/2 = 24 clips in May.") and "<<" not in clips["rationale"]
+    assert clips["rationale"].startswith("Natalia sold 48/2 = 24 clips in May.")
+    assert "<<" not in clips["rationale"]
     assert clips["reference"] == f"Reasoning: {clips['rationale']}\nAnswer: 72"
     assert "####" not in clips["prompt"] and 'Answer: <number>' in clips["prompt"]
 
@@ -160,6 +161,7 @@ def test_tooluse_gold_steps_from_react_text_and_from_golden_answer() -> None:
         {"action": "getBookDetails", "action_input": {"book_id": "OL59800W"}},
     ]
     assert json.loads(books["answer"]) == ["searchBooks", "getBookDetails"]
+    assert json.loads(books["meta"])["final_answer"].startswith("A Wizard of Earthsea")
     assert books["reference"].startswith("Thought: I should search") and books["prompt"].endswith(
         "give me details of the first one.")
     oslo = rows["Will it rain in Oslo over the next three days?"]
@@ -201,3 +203,19 @@ def test_scienceqa_saved_dataset_with_real_image_column(tmp_path: Path) -> None:
     assert not any("farthest north" in r["prompt"] for r in rows)
     images = [rec.data["image"] for rec in read_local(tmp_path / "sqa")]
     assert sum(isinstance(i, dict) and bool(i["bytes"]) for i in images) == 1  # never decoded
+
+
+def test_hub_source_goes_through_load_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`datasets.load_dataset` on a local folder in hub layout: the same call as for a hub id, offline."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    lines = (FIXTURES / "gsm8k.jsonl").read_text().splitlines()
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    (tmp_path / "repo" / "data" / "train.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    (tmp_path / "repo" / "data" / "test.jsonl").write_text(lines[3] + "\n")
+    cfg = IngestConfig(dataset="gsm8k", source="hub", path=str(tmp_path / "repo"), subset="default")
+    rows = run(cfg, tmp_path)["examples"].to_pylist()
+    assert sorted(r["split"] for r in rows) == ["test", "train", "train", "train"]
+    missing = IngestConfig(dataset="gsm8k", source="hub", path=str(tmp_path / "absent"))
+    with pytest.raises(IngestError, match=r"could not load .*absent.* \(subset 'main'\) from the hub"):
+        run(missing, tmp_path)

@@ -36,7 +36,8 @@ def test_csv_mcqa_with_column_mapping_and_split_column() -> None:
     q1 = rows["local_mcqa/q1"]
     assert q1["options"] == ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"] and q1["answer"] == "B"
     assert q1["reference"] == "Reasoning: Plants fix carbon dioxide into sugars.\nAnswer: B"
-    assert q1["prompt"].startswith("Answer the following multiple-choice question.") and q1["dataset"] == "local_mcqa"
+    assert q1["prompt"].startswith("Answer the following multiple-choice question.")
+    assert q1["dataset"] == "local_mcqa"
 
 
 def test_code_family_derives_the_entry_point_and_name_overrides_the_label() -> None:
@@ -80,7 +81,8 @@ def test_parquet_with_list_options_and_integer_answer(tmp_path: Path) -> None:
     ({"question": "Q?", "answer": "E", "options": ["a", "b", "c", "d"]},
      r"row 1: column 'answer': answer 'E' is not one of the options A-D"),
     ({"question": "Q?", "answer": 7, "options": ["a", "b"]}, r"row 1: answer index 7 is out of range"),
-    ({"question": "  ", "answer": "A", "options": ["a", "b"]}, r"row 1: column 'question' \(field prompt\) is empty"),
+    ({"question": "  ", "answer": "A", "options": ["a", "b"]},
+     r"row 1: column 'question' \(field prompt\) is empty"),
     ({"question": "Q?", "answer": "A", "options": "[a, b"}, r"row 1: column 'options' .* not a JSON list"),
     ({"question": "Q?", "answer": "A", "options": ["a", ""]}, r"row 1: .*option B is empty"),
     ({"question": "Q?", "answer": "maybe", "options": ["a", "b"]}, r"row 1: .*'maybe' is not a letter"),
@@ -117,8 +119,9 @@ def test_config_from_yaml_data_normalises_mappings_and_is_hashable() -> None:
                                "splits": {"dev": "validation"}, "math_tasks": ["chain_sum"]})
     assert cfg.source == "local" and cfg.splits == (("dev", "validation"),)
     assert dict(cfg.columns) == MCQA_COLUMNS and isinstance(cfg.columns, tuple) and hash(cfg)
-    assert cfg == IngestConfig(dataset="local", path="x.csv", family="mcqa", columns=tuple(MCQA_COLUMNS.items()),
-                               splits={"dev": "validation"}, math_tasks=("chain_sum",))
+    assert cfg == IngestConfig(dataset="local", path="x.csv", family="mcqa",
+                               columns=tuple(MCQA_COLUMNS.items()), splits={"dev": "validation"},
+                               math_tasks=("chain_sum",))
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -127,8 +130,9 @@ def test_config_from_yaml_data_normalises_mappings_and_is_hashable() -> None:
     ({"dataset": "math", "source": "local", "path": "x"}, "use dataset: local"),
     ({"dataset": "gsm8k", "source": "local"}, "needs a path"),
     ({"dataset": "local", "path": "x.jsonl"}, "needs family"),
-    ({"dataset": "mbpp", "source": "hub", "columns": {"prompt": "q"}}, "columns applies to dataset local only"),
-    ({"dataset": "local", "path": "x", "family": "math", "columns": {"question": "q"}}, "unknown field 'question'"),
+    ({"dataset": "mbpp", "source": "hub", "columns": {"prompt": "q"}}, "columns applies to dataset local"),
+    ({"dataset": "local", "path": "x", "family": "math", "columns": {"question": "q"}},
+     "unknown field 'question'"),
     ({"dataset": "gsm8k", "source": "hub", "splits": {"test": "holdout"}}, "unknown target 'holdout'"),
     ({"dataset": "humaneval", "test_fraction": 1.5}, "test_fraction"),
     ({"dataset": "humaneval", "limit": 0}, "limit"),
