@@ -77,7 +77,7 @@ def unisd(preset: str = "default", config_path: str | None = None, overrides: li
     exp = _config(preset, config_path, overrides)
     keys = _run_all(exp, force, {"ingest", "evaluate"})
     md = _publish(exp, keys)
-    get_run_logger().info("store: %s\n%s", exp.store_path, md)
+    get_run_logger().info("store: %s", exp.store_path)
     return md
 
 

@@ -8,6 +8,7 @@ killed run resumes where it stopped and never duplicates a row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -106,13 +107,14 @@ def run(cfg: EvaluateConfig, examples: pa.Table, generator: Generator, workspace
               desc=f"evaluate {model}/{method}", unit="completion") as bar:
         for chunk in chunks:
             table = _chunk(cfg, chunk, generator, model, method, bar.update)
-            workspace.save_progress(f"chunk-{min(r['id'] for r in chunk)}", table)
+            digest = hashlib.sha1("\n".join(r["id"] for r in chunk).encode()).hexdigest()[:16]
+            workspace.save_progress(f"chunk-{digest}", table)
             done.append(table)
     preds = pa.concat_tables(done) if done else schemas.PREDICTIONS.empty()
     keep = {r["id"] for r in rows}
     preds = preds.filter(pa.compute.is_in(preds.column("id"), pa.array(sorted(keep))))
     preds = preds.sort_by([("id", "ascending"), ("sample", "ascending")])
-    return {"predictions": preds, "scores": aggregate(preds, rows, model, method, generator)}
+    return {"predictions": preds, "scores": aggregate(preds, rows, model, method, cfg)}
 
 
 def _chunk(cfg: EvaluateConfig, chunk: list[dict], generator: Generator, model: str, method: str,
@@ -141,7 +143,7 @@ def _chunk(cfg: EvaluateConfig, chunk: list[dict], generator: Generator, model: 
 PRIMARY = {"mcqa": "accuracy", "math": "accuracy", "code": "pass@1", "tool": "full_acc", "free": "accuracy"}
 
 
-def aggregate(preds: pa.Table, rows: list[dict], model: str, method: str, generator: Generator) -> pa.Table:
+def aggregate(preds: pa.Table, rows: list[dict], model: str, method: str, cfg: EvaluateConfig) -> pa.Table:
     """Per dataset: the primary metric (mean score), extraction and truncation rates, mean length."""
     family = {r["id"]: r["family"] for r in rows}
     groups: dict[str, list[dict]] = {}
@@ -153,13 +155,15 @@ def aggregate(preds: pa.Table, rows: list[dict], model: str, method: str, genera
         n = len(ps)
         metrics: dict[str, float] = {PRIMARY[fam]: sum(p["score"] for p in ps) / n,
                                      "extracted_rate": sum(p["extracted"] is not None for p in ps) / n,
-                                     "truncated_rate": sum(p["truncated"] for p in ps) / n}
+                                     "truncated_rate": sum(p["truncated"] for p in ps) / n,
+                                     "mean_prompt_tokens": sum(p["prompt_tokens"] for p in ps) / n}
         if fam == "tool":
             for m in ("action_acc", "arg_acc"):
                 metrics[m] = sum(json.loads(p["detail"] or "{}").get(m, 0.0) for p in ps) / n
         for metric, value in metrics.items():
-            se = math.sqrt(max(value * (1 - value), 0.0) / n) if 0 <= value <= 1 else None
+            se = math.sqrt(value * (1 - value) / n) if 0 <= value <= 1 and metric != "mean_prompt_tokens" else None
             out.append(dict(dataset=ds, model=model, method=method, metric=metric, value=value, n=n, stderr=se))
+        cut = sum(p["prompt_tokens"] >= cfg.max_prompt_tokens for p in ps) if cfg.on_long_prompt != "error" else 0
         out.append(dict(dataset=ds, model=model, method=method, metric="prompts_truncated",
-                        value=float(generator.stats.truncated), n=n, stderr=None))
+                        value=float(cut), n=n, stderr=None))
     return schemas.conform(out, schemas.SCORES)

@@ -48,7 +48,7 @@ _EXPLICIT = re.compile(
     re.IGNORECASE)
 _ALONE = re.compile(r"^\s*(?:\*\*|__)?\s*[(\[]?\s*([A-Za-z])\s*[)\].:]?\s*(?:\*\*|__)?\s*$", re.M)
 _LEADING = re.compile(r"\A\s*(?:\*\*|__)?\s*[(\[]?([A-Z])(?:[)\]]|[.:](?=\s|$))")
-_MARKED = re.compile(r"[(\[]([A-Z])[)\]]|\*\*([A-Z])\*\*|\b(?:option|choice)\s+([A-Z])\b")
+_MARKED = re.compile(r"[(\[]([A-Z])[)\]]|\*\*([A-Z])\*\*|\b(?i:option|choice)\s+([A-Z])\b")
 _AFTER_WORD = {"is", "because", "since", "as", "which", "and", "or", "for", "was"}
 
 
@@ -109,7 +109,7 @@ def _choice_by_text(text: str, options: list[str]) -> str | None:
 
 _NUMBER = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+(?![\d.]))?")
 _HASHES = re.compile(r"####\s*")
-_ANSWER_NUM = re.compile(r"\banswer\b(?:\s*(?:is|was|:|=|\*\*))*\s*", re.IGNORECASE)
+_ANSWER_NUM = re.compile(r"\banswer\b(?:\s*(?:is|was|:|=|\*\*))+\s*", re.IGNORECASE)
 _FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[\d.,]+)\s*\}\{\s*(-?[\d.,]+)\s*\}")
 
 
@@ -223,7 +223,7 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
             if defining:
                 return defining[-1]
         return max(reversed(pool), key=len)
-    return stripped
+    return re.sub(r"\A(?:[ \t]*\n)+", "", text).rstrip()
 
 
 def strip_main_guard(code: str) -> str:
@@ -245,16 +245,37 @@ def combine_humaneval(prompt: str, completion_code: str, entry_point: str) -> st
 
     A completion that defines ``def entry_point`` at top level is a full function: it follows the prompt
     (whose imports and helper functions it may use; the prompt's stub, a docstring-only function, is
-    then redefined). Otherwise the completion is the body and continues the prompt, indented by four
-    spaces if the model returned it flush left.
+    then redefined). Otherwise the completion is the body and continues the prompt. A body returned
+    flush left is re-indented: the first layout that compiles wins (indent every line by four spaces,
+    or only a first line that lost its indentation). Compiling never runs the code.
     """
     if _defines(completion_code, entry_point, top_level=True):
         return prompt.rstrip() + "\n\n\n" + completion_code.strip("\n") + "\n"
-    lines = completion_code.strip("\n").split("\n")
-    first = next((ln for ln in lines if ln.strip()), "")
-    if first and first[0] not in " \t":
-        lines = [("    " + ln) if ln.strip() else ln for ln in lines]
-    return prompt.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    head = prompt.rstrip("\n") + "\n"
+    candidates = [head + body + "\n" for body in _body_layouts(completion_code)]
+    return next((c for c in candidates if _compiles(c)), candidates[0])
+
+
+def _body_layouts(code: str) -> list[str]:
+    lines = code.strip("\n").split("\n")
+    nonblank = [ln for ln in lines if ln.strip()]
+    if not nonblank or nonblank[0][0] in " \t":
+        return ["\n".join(lines)]
+    layouts = ["\n".join(("    " + ln) if ln.strip() else ln for ln in lines)]
+    nxt = nonblank[1] if len(nonblank) > 1 else ""
+    i = lines.index(nonblank[0])
+    indents = dict.fromkeys(["    ", nxt[:len(nxt) - len(nxt.lstrip())]]) if nxt[:1] in (" ", "\t") else {}
+    for indent in indents:
+        layouts.append("\n".join(lines[:i] + [indent + lines[i]] + lines[i + 1:]))
+    return layouts + ["\n".join(lines)]
+
+
+def _compiles(source: str) -> bool:
+    try:
+        compile(source, "<candidate>", "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return False
+    return True
 
 
 def build_humaneval_program(prompt: str, completion_code: str, test: str, entry_point: str) -> str:
