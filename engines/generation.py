@@ -29,6 +29,8 @@ class SamplingConfig:
     """Nucleus sampling mass (ignored when greedy)."""
     seed: int = 0
     """Seed for sampling; each batch reseeds deterministically from it."""
+    stop: str | None = None
+    """Regex: a completion ends as soon as its text matches (e.g. a closed code fence); None = EOS only."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -136,19 +138,48 @@ class HFGenerator:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        stopper = RegexStop(self.tokenizer, sampling.stop, width) if sampling.stop else None
+        if stopper:
+            kwargs["stopping_criteria"] = [stopper]
         torch.manual_seed(seed)
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
         new = out[:, width:].tolist()
         eos = self.tokenizer.eos_token_id
         res = []
-        for row in new:
+        for r, row in enumerate(new):
             if eos in row:
-                k = row.index(eos)
-                res.append((row[:k], True))
+                res.append((row[:row.index(eos)], True))
+            elif stopper is not None and stopper.stopped_at[r] is not None:
+                res.append((row[:stopper.stopped_at[r]], True))
             else:
                 res.append((row, False))
         return res
+
+
+class RegexStop:
+    """Per-row stopping criterion: a row is done once its decoded completion matches ``pattern``."""
+
+    def __init__(self, tokenizer, pattern: str, prompt_width: int):
+        import re
+
+        self.tokenizer, self.regex, self.width = tokenizer, re.compile(pattern), prompt_width
+        self.stopped_at: dict[int, int | None] = {}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for r in range(input_ids.shape[0]):
+            if self.stopped_at.get(r) is not None:
+                done[r] = True
+                continue
+            self.stopped_at.setdefault(r, None)
+            text = self.tokenizer.decode(input_ids[r, self.width:], skip_special_tokens=True)
+            if self.regex.search(text):
+                self.stopped_at[r] = input_ids.shape[1] - self.width
+                done[r] = True
+        return done
 
 
 @dataclass

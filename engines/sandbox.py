@@ -1,69 +1,52 @@
 """Run untrusted Python (model-generated code plus its tests) in a separate, confined process.
 
 Generated code must never run inside the evaluating process: ``SystemExit``, ``os._exit``, blocking C
-calls, fork bombs or stray file writes would kill or corrupt the evaluation. Every program therefore
-runs in a fresh interpreter (``sys.executable -I -S -B -X utf8``: no site-packages, no user site, no
-``PYTHON*`` variables, no bytecode writes) started in a new session, inside a fresh temporary working
-directory that is deleted afterwards, with ``stdin`` from ``/dev/null``, a minimal environment (only
-``PATH``, ``LANG``/``LC_ALL`` and ``HOME``/``TMPDIR`` pointing at the working directory) and its output
-redirected to unlinked files that the parent reads only up to ``max_output_bytes``.
+calls, fork bombs or stray writes would kill or corrupt the evaluation. Each program runs in a fresh
+``sys.executable -I -S -B -X utf8`` (no site-packages, no ``PYTHON*`` variables, no bytecode writes) in
+a new session, in a temporary work dir deleted afterwards, with stdin from ``/dev/null``, only ``PATH``,
+``LANG``/``LC_ALL`` and ``HOME``/``TMPDIR`` (= the work dir) in its environment, and its output sent to
+unlinked files of which the parent reads at most ``max_output_bytes``.
 
 A program *passes* only if it exits with status 0 **and** its last output is a random token that the
 sandbox prints after the program's last statement: ``os._exit(0)``, ``sys.exit(0)`` or
 ``raise SystemExit`` half-way through the tests never count as a pass. (The token defends against such
 early exits, not against a program that deliberately searches its own interpreter for it.)
 
-Protections, strongest first. The runtime picks the first configuration that works on the machine,
-once per process, by running a probe program (``sandbox_protections()`` reports the choice):
+Protections. The first configuration that runs a probe program is used (probed once per process;
+``sandbox_protections()`` reports it).
 
-=================================  ===================================  ================================
-protection                         as root                              as another user
-=================================  ===================================  ================================
-network: new network namespace     ``unshare --net`` (only ``lo``,      ``unshare --user --map-root-user
-                                   down)                                --net`` if user namespaces are
-                                                                        allowed
-parent cannot be signalled: new    ``unshare --pid --fork``: the        same, inside the user namespace
-PID namespace                      evaluator's pid does not exist in
-                                   the child's namespace; everything
-                                   dies with the namespace
-different uid                      ``setpriv`` to ``nobody`` (65534),   no (runs as the calling user)
-                                   no new privileges; only if the
-                                   interpreter's own stdlib is not
-                                   readable by nobody, it keeps the
-                                   single capability CAP_DAC_READ_SEARCH
-                                   (read any file, write none)
-writes outside the work dir        refused by the OS (nobody owns       refused by the Python guard below
-                                   only the work dir) and by the guard  (best effort)
-RLIMIT_NPROC                       effective once the uid is nobody     effective (counts the user's
-                                                                        processes)
-=================================  ===================================  ================================
+As root:
+- network and PID namespaces (``unshare --net --pid --fork``): only a down ``lo`` interface, the
+  evaluator's pid does not exist for the child, and every process of the run dies with the namespace;
+- uid ``nobody`` (``setpriv``, no new privileges, no capabilities - or, only where the interpreter's
+  own stdlib is unreadable by nobody, the single capability CAP_DAC_READ_SEARCH: read any file, write
+  none): the OS refuses writes outside the work dir and signals to the evaluator; RLIMIT_NPROC binds.
 
-In every configuration, a prelude runs in the child before the program and
+As another user:
+- the same namespaces inside a user namespace (``unshare --user --map-root-user``) if the kernel
+  allows it; the uid stays the caller's, so only the audit hook below refuses writes outside the work
+  dir (best effort), and RLIMIT_NPROC counts all of the user's processes.
 
-- sets RLIMIT_CPU (soft ``cpu_s``, SIGXCPU, reported as ``timeout``), RLIMIT_AS, RLIMIT_FSIZE (which
-  also caps the output files), RLIMIT_NPROC and RLIMIT_CORE=0;
-- in a PID namespace, stays as a tiny pid 1 that reaps orphans and relays the exit status, so the
-  program itself is an ordinary process that signals can kill;
-- installs an audit hook (PEP 578) that refuses: socket creation and name lookups; writes, deletions,
-  renames, links and mode changes outside the work directory (``open`` with a write flag, ``os.*``,
-  ``shutil.rmtree``/``move``); ``exec``, ``system``, ``posix_spawn`` and ``subprocess``; importing
-  ``ctypes`` (the usual way round audit hooks); signalling the parent, pid -1 or any process outside the
-  program's own process group; more than ``max_processes`` forks in total (a shared counter, since
-  RLIMIT_NPROC does not bind root).
+Always, a prelude in the child sets RLIMIT_CPU (SIGXCPU is reported as ``timeout``), RLIMIT_AS,
+RLIMIT_FSIZE (also capping the output files), RLIMIT_NPROC and RLIMIT_CORE=0; in a PID namespace it
+stays as pid 1, reaping orphans and relaying the exit status (so the program itself can be signalled);
+then it installs an audit hook (PEP 578) that refuses sockets and name lookups; writes, deletions,
+renames, links and mode changes outside the work dir; ``exec``/``system``/``posix_spawn``/
+``subprocess``; importing ``ctypes`` (the usual way round audit hooks); signals to the parent, to pid
+-1 or outside the program's process group; and more than ``max_processes`` forks in total (a shared
+counter: RLIMIT_NPROC does not bind root). The parent waits up to ``timeout_s`` without reaping the
+child, then SIGKILLs its whole process group (also after a normal exit: no forked child outlives a run).
 
-The parent waits up to ``timeout_s`` without reaping the child, then kills the child's whole process
-group with SIGKILL (on timeout *and* on normal exit, so forked children never outlive a run).
-
-Known limits: the audit hook is a Python-level guard - native code could bypass it, which is why the
-OS-level layers above matter. Without namespaces and as a non-root user (the weakest configuration),
-a program that escapes its process group (``os.setsid`` in a child) is bounded only by RLIMIT_CPU,
-and signals sent by means the audit hook does not see (``signal.pidfd_send_signal``) can reach the
-parent. Disk use is bounded per file (RLIMIT_FSIZE), not in total. Without ``site``, the ``exit()``
-and ``quit()`` helpers do not exist (``sys.exit`` does).
+Known limits: the audit hook is a Python-level guard that native code could bypass (hence the OS
+layers). Without namespaces as a non-root user, a child that escapes its process group (``os.setsid``)
+is bounded only by RLIMIT_CPU, and ``signal.pidfd_send_signal`` (unaudited) can reach the parent. Disk
+use is bounded per file, not in total. Without ``site``, ``exit()``/``quit()`` do not exist.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -129,32 +112,23 @@ _PRELUDE = r'''
 import json, mmap, os, resource, sys, traceback
 _cfg = json.loads(sys.argv[1])
 
-
 def _setup(cfg):
-    token = b""
-    while True:
-        chunk = os.read(cfg["token_fd"], 4096)
-        if not chunk:
-            break
-        token += chunk
+    token = os.read(cfg["token_fd"], 256)
     os.close(cfg["token_fd"])
-    for name, soft, hard in cfg["rlimits"]:
+    for name, soft, hard in cfg["rlimits"]:  # never above an existing hard limit
         res = getattr(resource, name)
-        cur_hard = resource.getrlimit(res)[1]
-        if cur_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, cur_hard), min(hard, cur_hard)
+        cap = resource.getrlimit(res)[1]
+        if cap != resource.RLIM_INFINITY:
+            soft, hard = min(soft, cap), min(hard, cap)
         resource.setrlimit(res, (soft, hard))
     os.chdir(cfg["work"])
     sys.dont_write_bytecode = True
-    return token
+    with open(cfg["program"], encoding="utf-8") as f:
+        return token, f.read()
 
-
-def _relay():
-    """As pid 1 of a PID namespace: run the program in a child, reap orphans, relay its status."""
+def _relay():  # pid 1 of a PID namespace: run the program in a child, reap orphans, relay its status
     child = os.fork()
-    if child == 0:
-        return
-    while True:
+    while child:
         try:
             pid, status = os.waitpid(-1, 0)
         except ChildProcessError:
@@ -163,16 +137,15 @@ def _relay():
             code = os.waitstatus_to_exitcode(status)
             os._exit(code if code >= 0 else 128 - code)
 
-
 def _guard(cfg):
     work = os.path.realpath(cfg["work"])
-    forks, max_forks = mmap.mmap(-1, 8), cfg["max_processes"]
+    forks, max_forks = mmap.mmap(-1, 8), cfg["max_processes"]  # shared by all forked children
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     paths = {"os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),),
              "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)), "os.symlink": ((1, 2),),
              "os.chmod": ((0, 2),), "os.chown": ((0, 3),), "os.utime": ((0, 3),),
              "os.truncate": ((0, None),), "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
-             "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None))}
+             "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None)), "sqlite3.connect": ((0, None),)}
     blocked = {"os.exec", "os.posix_spawn", "os.system", "os.forkpty", "subprocess.Popen",
                "socket.__new__", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
                "socket.getnameinfo", "socket.sethostname"}
@@ -181,28 +154,24 @@ def _guard(cfg):
         if isinstance(path, int):
             return True
         try:
-            base = os.getcwd() if dir_fd is None else os.readlink(f"/proc/self/fd/{dir_fd}")
+            at_cwd = dir_fd is None or dir_fd < 0  # audit events report "no dir_fd" as -1
+            base = os.getcwd() if at_cwd else os.readlink(f"/proc/self/fd/{dir_fd}")
             full = os.path.realpath(os.path.join(base, os.fsdecode(os.fspath(path))))
         except (OSError, TypeError, ValueError):
             return False
         return full in (work, "/dev/null") or full.startswith(work + os.sep)
 
-    def may_signal(pid):
-        if pid == -1 or pid == os.getppid():
-            return False
-        if pid in (0, os.getpid()):
-            return True
+    def may_signal(pid):  # only processes of the program's own group, never the parent or pid -1
         try:
-            return (os.getpgid(pid) if pid > 0 else -pid) == os.getpgid(0)
+            own = pid in (0, os.getpid()) or (os.getpgid(pid) if pid > 0 else -pid) == os.getpgid(0)
         except OSError:
             return False
+        return own and pid not in (-1, os.getppid())
 
     def hook(event, args):
         if event == "open":
-            path, mode, flags = args[0], args[1], args[2]
-            writing = flags & write_flags if isinstance(flags, int) else any(c in (mode or "") for c in "wax+")
-            if writing and not inside(path, None):
-                raise PermissionError(f"sandbox: writing outside the work directory is not allowed: {path!r}")
+            if isinstance(args[2], int) and args[2] & write_flags and not inside(args[0], None):
+                raise PermissionError(f"sandbox: writing outside the work directory is not allowed: {args[0]!r}")
         elif event in paths:
             for i, fd_i in paths[event]:
                 if not inside(args[i], None if fd_i is None else args[fd_i]):
@@ -220,17 +189,20 @@ def _guard(cfg):
             raise PermissionError(f"sandbox: signalling pid {args[0]} is not allowed")
         elif event == "os.killpg" and args[0] not in (0, os.getpgid(0)):
             raise PermissionError(f"sandbox: signalling process group {args[0]} is not allowed")
-
     sys.addaudithook(hook)
 
+def _flush():
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError):  # replaced or closed by the program
+            pass
 
 try:
-    _token = _setup(_cfg)
+    _token, _source = _setup(_cfg)
     if os.getpid() == 1:
         _relay()
     _out_fd = os.dup(1)
-    with open(_cfg["program"], encoding="utf-8") as _f:
-        _source = _f.read()
     _guard(_cfg)
 except BaseException as _e:
     sys.stderr.write(f"sandbox setup failed: {_e!r}\n")
@@ -244,15 +216,11 @@ except SystemExit:
     raise
 except BaseException as _e:
     traceback.print_exception(type(_e), _e, _e.__traceback__.tb_next)
-    sys.stderr.flush()
+    _flush()
     os._exit(1)
 try:
-    for _stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            _stream.flush()
-        except (AttributeError, ValueError):
-            pass
-    os.write(_out_fd, b"\n" + _token + b"\n")
+    _flush()
+    os.write(_out_fd, b"\n" + _token + b"\n")  # the end of the program was reached
 except BaseException:
     os._exit(1)
 os._exit(0)
@@ -263,8 +231,7 @@ os._exit(0)
 class _Runtime:
     name: str
     wrapper: tuple[str, ...]
-    network_namespace: bool = False
-    pid_namespace: bool = False
+    namespaces: bool = False  # network and PID
     uid_drop: bool = False
     read_all_files: bool = False
 
@@ -273,52 +240,41 @@ def _candidates() -> list[_Runtime]:
     """Configurations to probe, strongest first (see the module docstring)."""
     unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
     root = os.geteuid() == 0
-    prefixes: list[tuple[str, tuple[str, ...]]] = []
-    if unshare:
-        userns = () if root else ("--user", "--map-root-user")
-        prefixes.append(("ns", (unshare, *userns, "--net", "--pid", "--fork", "--kill-child", "--")))
-    prefixes.append(("plain", ()))
-    drops: list[tuple[str, tuple[str, ...], bool]] = []
+    userns = () if root else ("--user", "--map-root-user")
+    ns = (unshare, *userns, "--net", "--pid", "--fork", "--kill-child", "--")
+    prefixes = ([("ns", ns)] if unshare else []) + [("plain", ())]
+    drops = []
     if root and setpriv:
         base = (setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--no-new-privs")
-        drops.append(("nobody", (*base, "--inh-caps=-all", "--bounding-set=-all", "--"), False))
         cap = "dac_read_search"
-        drops.append(("nobody+read", (*base, f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
-                                      f"--bounding-set=-all,+{cap}", "--"), True))
+        drops = [("nobody", (*base, "--inh-caps=-all", "--bounding-set=-all", "--"), False),
+                 ("nobody+read", (*base, f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
+                                  f"--bounding-set=-all,+{cap}", "--"), True)]
     out = []
     for pname, prefix in prefixes:
-        for dname, drop, read_all in drops:
-            out.append(_Runtime(f"{pname}+{dname}", prefix + drop, pname == "ns", pname == "ns", True,
-                                read_all))
-        out.append(_Runtime(f"{pname}+{'root' if root else 'user'}", prefix, pname == "ns", pname == "ns"))
+        out += [_Runtime(f"{pname}+{d}", prefix + drop, pname == "ns", True, r) for d, drop, r in drops]
+        out.append(_Runtime(f"{pname}+{'root' if root else 'user'}", prefix, pname == "ns"))
     return out
 
 
-def _probe_program() -> str:
-    """Passes only where the child runs the parent's own interpreter and stdlib (not a fallback one)."""
-    stdlib = os.path.dirname(json.__file__)
-    return (f"import json, os, sys\nassert sys.version == {sys.version!r}, sys.version\n"
-            f"assert os.path.dirname(json.__file__) == {stdlib!r}, json.__file__\n")
-
-
 _runtime_lock = threading.Lock()
-_runtime: list[_Runtime] = []
 
 
 def _get_runtime() -> _Runtime:
-    with _runtime_lock:
-        if not _runtime:
-            _runtime.append(_select_runtime())
-        return _runtime[0]
+    with _runtime_lock:  # probe once, even when the first calls come from several threads
+        return _select_runtime()
 
 
+@functools.cache
 def _select_runtime() -> _Runtime:
-    probe_limits = SandboxLimits(timeout_s=20.0, cpu_s=10, memory_mb=512)
+    # passes only where the child runs the parent's own interpreter and stdlib (not a fallback one)
+    probe = (f"import json, os, sys\nassert sys.version == {sys.version!r}, sys.version\n"
+             f"assert os.path.dirname(json.__file__) == {os.path.dirname(json.__file__)!r}\n")
     for rt in _candidates():
-        result = _run(_probe_program(), probe_limits, rt)
+        result = _run(probe, SandboxLimits(timeout_s=20.0, memory_mb=512), rt)
         if result.passed:
-            log.info("sandbox: using %s (network namespace=%s, pid namespace=%s, uid nobody=%s)",
-                     rt.name, rt.network_namespace, rt.pid_namespace, rt.uid_drop)
+            log.info("sandbox: using %s (network and pid namespaces=%s, uid nobody=%s)",
+                     rt.name, rt.namespaces, rt.uid_drop)
             return rt
         log.debug("sandbox: %s unavailable: %s %s", rt.name, result.status, result.stderr[-300:])
     raise RuntimeError("sandbox: no configuration could run even a trivial program")
@@ -327,9 +283,8 @@ def _select_runtime() -> _Runtime:
 def sandbox_protections() -> dict[str, object]:
     """Which isolation layers this machine gives (probed once): for logs, manifests and tests."""
     rt = _get_runtime()
-    return {"runtime": rt.name, "network_namespace": rt.network_namespace,
-            "pid_namespace": rt.pid_namespace, "uid_drop": rt.uid_drop,
-            "read_all_files": rt.read_all_files, "audit_hook": True}
+    return {"runtime": rt.name, "network_namespace": rt.namespaces, "pid_namespace": rt.namespaces,
+            "uid_drop": rt.uid_drop, "read_all_files": rt.read_all_files, "audit_hook": True}
 
 
 def run_python(program: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
@@ -391,51 +346,39 @@ def _run_in(outer: str, program: str, limits: SandboxLimits, rt: _Runtime, start
                                     env=env, start_new_session=True, pass_fds=(read_fd,))
         finally:
             os.close(read_fd)
-        finished = False
         try:
             finished = _wait_exit(proc.pid, limits.timeout_s)
         finally:
-            _kill_group(proc.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole group: forked children die too
             returncode = proc.wait()
         duration = time.monotonic() - start
         stdout, sentinel = _read_output(out, limits.max_output_bytes, b"\n" + token + b"\n")
         stderr, _ = _read_output(err, limits.max_output_bytes)
-    return SandboxResult(_status(finished, returncode, sentinel, stderr), returncode, stdout, stderr,
-                         duration)
-
-
-def _status(finished: bool, returncode: int, sentinel: bool, stderr: str) -> str:
     if not finished or returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-        return "timeout"
-    if returncode == _SETUP_EXIT and stderr.startswith(_SETUP_PREFIX):
-        return "error"
-    return "passed" if returncode == 0 and sentinel else "failed"
+        status = "timeout"
+    elif returncode == _SETUP_EXIT and stderr.startswith(_SETUP_PREFIX):
+        status = "error"
+    else:
+        status = "passed" if returncode == 0 and sentinel else "failed"
+    return SandboxResult(status, returncode, stdout, stderr, duration)
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
     """Wait until ``pid`` exits, without reaping it (so its process group id cannot be reused yet)."""
     try:
         fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        try:
-            return bool(select.select([fd], [], [], timeout)[0])
-        finally:
-            os.close(fd)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return True
-        time.sleep(0.01)
-    return False
-
-
-def _kill_group(pgid: int) -> None:
+    except OSError:  # Linux < 5.3: poll instead
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(0.01)
+        return False
     try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def _read_output(f: IO[bytes], cap: int, sentinel: bytes | None = None) -> tuple[str, bool]:
@@ -467,9 +410,6 @@ def _remove_tree(path: str) -> None:
         except OSError:
             pass
 
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
+    shutil.rmtree(path, **({"onexc": retry} if sys.version_info >= (3, 12) else {"onerror": retry}))
     if os.path.exists(path):
         log.warning("sandbox: could not remove %s", path)

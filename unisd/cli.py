@@ -25,7 +25,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", help="preset name in configs/ (default: default)")
     g.add_argument("--config", help="path to a YAML experiment config")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.limit=10 datasets.0.limit=5")
+    p.set_defaults(overrides=[])  # dotted key=value overrides are collected from the remaining arguments
     p.add_argument("--force", action="store_true", help="recompute even when the store has the artifact")
 
 
@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if "=" not in a or a.startswith("-")]
+    if bad or (rest and not hasattr(args, "preset")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
+    args.overrides = rest
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = (ConfigError, AssetError, FileNotFoundError, ValueError, KeyError)
         if args.verbose or not isinstance(e, expected):
             raise
-        print(f"unisd: error: {e}", file=sys.stderr)
+        print("unisd: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
 
 
@@ -87,7 +92,14 @@ def _dispatch(args) -> int:
     if args.cmd == "sql":
         from storage.catalog import format_table, query
 
-        print(format_table(query(_store_root(args.store), args.query), args.format))
+        import duckdb
+
+        try:
+            table = query(_store_root(args.store), args.query)
+        except duckdb.Error as e:
+            print("unisd: error: " + " ".join(str(e).split()), file=sys.stderr)
+            return 2
+        print(format_table(table, args.format))
         return 0
     if args.cmd == "store":
         return _store(args)

@@ -31,6 +31,11 @@ SPEC = StageSpec(name="evaluate", version=1, inputs={"examples": schemas.EXAMPLE
                  outputs={"predictions": schemas.PREDICTIONS, "scores": schemas.SCORES})
 
 DEFAULT_MAX_NEW = {"mcqa": 256, "math": 256, "code": 384, "tool": 256, "free": 256}
+STOP_PATTERNS = {
+    "code": r"```[^\n]*\n[\s\S]*?\n\s*```",  # a closed fenced code block
+    "mcqa": r"(?i)answer\s*(?:is)?\s*[:：]\s*\**\s*\(?[A-Z]\b[^\n]*\n",  # a finished "Answer: X" line
+    "math": r"(?i)answer\s*[:：][^\n]*\d[^\n]*\n",
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class EvaluateConfig:
     """Address-space limit per code test program."""
     sandbox_workers: int = 2
     """Test programs run in parallel."""
+    early_stop: bool = True
+    """End a completion once it holds a complete answer (closed code block, `Answer: X` line) instead of
+    letting the model ramble to max_new_tokens; scores are unaffected, generation is much faster."""
 
     def __post_init__(self) -> None:
         unknown = set(self.max_new_tokens) - set(DEFAULT_MAX_NEW)
@@ -77,7 +85,7 @@ class EvaluateConfig:
     def sampling(self, family: str) -> SamplingConfig:
         max_new = self.max_new_tokens.get(family, DEFAULT_MAX_NEW[family])
         return SamplingConfig(max_new_tokens=max_new, temperature=self.temperature, top_p=self.top_p,
-                              seed=self.seed)
+                              seed=self.seed, stop=STOP_PATTERNS.get(family) if self.early_stop else None)
 
 
 def select(examples: pa.Table, cfg: EvaluateConfig) -> list[dict]:

@@ -107,7 +107,8 @@ def _choice_by_text(text: str, options: list[str]) -> str | None:
 
 # --- numbers ---------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+(?![\d.]))?")
+_NUMBER = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
+                     r"(?:\s*/\s*\d+(?![\d.]))?")
 _HASHES = re.compile(r"####\s*")
 _ANSWER_NUM = re.compile(r"\banswer\b(?:\s*(?:is|was|:|=|\*\*))+\s*", re.IGNORECASE)
 _FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[\d.,]+)\s*\}\{\s*(-?[\d.,]+)\s*\}")
@@ -412,7 +413,7 @@ def _norm_free(s: str) -> list[str]:
 
 
 def _free(completion: str, answer: str) -> RowScore:
-    marks = list(re.finditer(r"\banswer\b\s*(?:is|:)\s*(.+)", completion, re.IGNORECASE))
+    marks = list(re.finditer(r"\banswer\b(?:\s*(?:is|:))+\s*(.+)", completion, re.IGNORECASE))
     extracted = (marks[-1][1] if marks else completion).strip() or None
     pred, gold = _norm_free(extracted or ""), _norm_free(answer)
     common = sum(min(pred.count(w), gold.count(w)) for w in set(pred))

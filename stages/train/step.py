@@ -1,0 +1,235 @@
+"""One optimizer step's math: teacher scoring (no grad), agreement weights, the weighted loss terms.
+
+Phase A (`score`) runs every teacher forward of a micro-batch without gradient and keeps only what
+the loss needs, on completion tokens: the teacher's final hidden states on [c; y] (the divergence
+target and the feature target), and sampled-token log-probs of the good teacher, the K auxiliary views
+and the bad teacher (negative view). Log-probs are gathered chunk by chunk from the hidden states, so
+no (B·T·V) logits of any view are ever held. Phase A runs for all micro-batches of the step before any
+student forward, so token-level agreement weights are normalised over the whole optimizer step and
+gradient accumulation does not change them.
+
+Phase B (`loss_terms`) runs the student on [x; y] with gradient and builds the terms of the
+REFERENCE §2.7 objective, each divided by the completion-token count of the whole optimizer step
+(counted after generation), so micro-batches sum to the full-batch loss:
+
+    L = w_div · Σ_t w_t·min(ℓ_t, κ) / N  +  λ_c · L_con  +  λ_f · L_feat  +  λ_sft · L_CE
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from objectives import (
+    chunked_cross_entropy,
+    chunked_gather_logps,
+    chunked_token_divergence,
+    clip_divergence,
+    combine,
+    feature_matching,
+    k3_kl,
+    sequence_agreement_weights,
+    token_agreement_weights,
+    token_contrastive,
+    weighted_token_mean,
+)
+from objectives.chunked import chunked_head_apply
+from objectives.divergence import topk_token_divergence
+from stages.train.config import TrainConfig
+from stages.train.data import Packed
+from stages.train.teachers import Teachers, head_weight
+
+
+@dataclass
+class MicroBatch:
+    """Token tensors of one micro-batch; `tokens`/`mask` are the sampled completions (B, T)."""
+
+    tokens: Tensor | None = None  # (B, T); None when no term reads rollouts (plain SFT)
+    mask: Tensor | None = None  # (B, T) bool, loss tokens
+    student: Packed | None = None  # [x; y]
+    teacher: Packed | None = None  # [c; y]
+    aux: Packed | None = None  # K·B rows [a_k; y], view-major
+    negative: Packed | None = None  # rows [n; y] for the examples that have a negative view
+    negative_rows: Tensor | None = None  # (B,) bool
+    gold: Packed | None = None  # [x; gold reference] for the SFT term
+    gold_tokens: Tensor | None = None  # (B, G)
+    gold_mask: Tensor | None = None  # (B, G) bool
+
+
+@dataclass
+class Scores:
+    """Phase A results on the micro-batch's N loss tokens."""
+
+    teacher_hidden: Tensor  # (N, H)
+    teacher_weight: Tensor  # (V, H)
+    good_logps: Tensor | None = None  # (N,)
+    bad_logps: Tensor | None = None  # (N,)
+    contrast_mask: Tensor | None = None  # (N,) bool, tokens of rows with a negative view
+    view_logps: Tensor | None = None  # (K, B, T)
+    start_logps: Tensor | None = None  # (N,) θ0 on [x; y] at τ = 1
+
+
+@dataclass
+class Normalizers:
+    tokens: float
+    """Completion (loss) tokens of the whole optimizer step, over all processes (≥ 1)."""
+    gold: float
+    """Gold-reference tokens of the step (SFT term), over all processes (≥ 1)."""
+
+
+def completion_hidden(model: nn.Module, packed: Packed, steps: int) -> Tensor:
+    """Final hidden states (R, T, H) at the columns predicting the T completion tokens."""
+    position_ids = (packed.attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=packed.ids, attention_mask=packed.attn, position_ids=position_ids,
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    start = packed.width - 1
+    return out.hidden_states[-1][:, start:start + steps]
+
+
+def _view_logps(model: nn.Module, weight: Tensor, packed: Packed, tokens: Tensor, mask: Tensor,
+                temperature: float, chunk: int) -> Tensor:
+    """Sampled-token log-probs of `tokens` (R, T) under one packed view, on mask positions -> (n,)."""
+    hidden = completion_hidden(model, packed, tokens.shape[1])
+    return chunked_gather_logps(hidden[mask], weight, tokens[mask], temperature=temperature, chunk_size=chunk)
+
+
+@torch.no_grad()
+def score(mb: MicroBatch, teachers: Teachers, cfg: TrainConfig, with_start: bool) -> Scores:
+    """Every no-grad forward of one micro-batch (teacher, auxiliary views, bad teacher, θ0)."""
+    tau, chunk, mask, steps = cfg.divergence.temperature, cfg.divergence.chunk_size, mb.mask, mb.tokens.shape[1]
+    with teachers.teacher() as teacher:
+        weight = head_weight(teacher)
+        hidden = completion_hidden(teacher, mb.teacher, steps)[mask]
+        out = Scores(teacher_hidden=hidden, teacher_weight=weight)
+        if cfg.contrastive.weight > 0:
+            out.good_logps = chunked_gather_logps(hidden, weight, mb.tokens[mask], temperature=tau, chunk_size=chunk)
+            out.bad_logps = torch.zeros_like(out.good_logps)
+            rows = mb.negative_rows
+            out.contrast_mask = rows[:, None].expand_as(mask)[mask]
+            if mb.negative is not None:
+                out.bad_logps[out.contrast_mask] = _view_logps(
+                    teacher, weight, mb.negative, mb.tokens[rows], mask[rows], tau, chunk)
+        if mb.aux is not None:
+            k = mb.aux.ids.shape[0] // mask.shape[0]
+            tokens, view_mask = mb.tokens.repeat(k, 1), mask.repeat(k, 1)
+            logps = torch.zeros(view_mask.shape, dtype=torch.float32, device=mask.device)
+            logps[view_mask] = _view_logps(teacher, weight, mb.aux, tokens, view_mask, tau, chunk).float()
+            out.view_logps = logps.reshape(k, *mask.shape)
+    if with_start:
+        with teachers.start() as start:
+            if start is not None:
+                out.start_logps = _view_logps(start, head_weight(start), mb.student, mb.tokens, mask, 1.0, chunk)
+    return out
+
+
+def agreement_weights(cfg: TrainConfig, batches: list[MicroBatch],
+                      scores: list[Scores]) -> tuple[list[tuple[Tensor | None, Tensor | None]], dict[str, float]]:
+    """(token weights (B, T) or None, sequence weights (B,) or None) per micro-batch, and metrics.
+
+    Token level: the disagreement scale is the quantile over every loss token of the step.
+    """
+    a = cfg.agreement
+    if a.level == "none":
+        return [(None, None)] * len(batches), {}
+    if a.level == "token":
+        flat = torch.cat([s.view_logps[:, mb.mask] for mb, s in zip(batches, scores)], dim=1)  # (K, N)
+        weights, metrics = token_agreement_weights(flat, torch.ones(flat.shape[1:], dtype=torch.bool,
+                                                                     device=flat.device),
+                                                   gamma=a.gamma, stat=a.stat, quantile=a.quantile,
+                                                   cap=a.cap, floor=a.floor)
+        out, start = [], 0
+        for mb in batches:
+            n = int(mb.mask.sum())
+            full = torch.ones(mb.mask.shape, dtype=weights.dtype, device=weights.device)
+            full[mb.mask] = weights[start:start + n]
+            out.append((full, None))
+            start += n
+        return out, {f"train/{k}": v for k, v in metrics.items()}
+    per = [sequence_agreement_weights(s.view_logps, mb.mask, gamma=a.gamma, stat=a.stat)[0]
+           for mb, s in zip(batches, scores)]
+    has = torch.cat([mb.mask.any(-1) for mb in batches])
+    w = torch.cat(per)[has]
+    metrics = {"train/agreement/weight_mean": float(w.mean()) if w.numel() else 1.0,
+               "train/agreement/weight_min": float(w.min()) if w.numel() else 1.0}
+    return [(None, p) for p in per], metrics
+
+
+def divergence_values(rows: Tensor, weight: Tensor, scores: Scores, cfg: TrainConfig) -> Tensor:
+    """Per-token divergence (N,) of student rows (N, H) against the teacher rows, token-chunked."""
+    d = cfg.divergence
+    if d.topk is None:
+        return chunked_token_divergence(rows, weight, scores.teacher_hidden, scores.teacher_weight, kind=d.kind,
+                                        beta=d.mix, temperature=d.temperature, chunk_size=d.chunk_size)
+    teacher_rows, teacher_w = scores.teacher_hidden.detach(), scores.teacher_weight.detach()
+
+    def chunk_fn(logits: Tensor, start: int, end: int, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        teacher_logits = (teacher_rows[start:end] @ teacher_w.T).to(logits.dtype)
+        with torch.enable_grad():
+            student = logits.detach().requires_grad_(need_grad)
+            values = topk_token_divergence(student, teacher_logits, k=d.topk, kind=d.kind, beta=d.mix,
+                                           temperature=d.temperature)
+            grad = torch.autograd.grad(values.sum(), student)[0] if need_grad else None
+        return values.detach(), grad
+
+    return chunked_head_apply(rows, weight, chunk_fn, d.chunk_size)
+
+
+def loss_terms(model: nn.Module, weight: Tensor, mb: MicroBatch, scores: Scores | None,
+               weights: tuple[Tensor | None, Tensor | None], cfg: TrainConfig,
+               norm: Normalizers) -> tuple[Tensor, dict[str, float]]:
+    """The student forward(s) of one micro-batch and the weighted sum of its loss terms.
+
+    `model` is the (possibly DDP-wrapped) student, `weight` its LM-head weight (V, H).
+    """
+    terms: list[tuple[str, float, Tensor]] = []
+    metrics: dict[str, float] = {}
+    if scores is not None:
+        mask, tokens = mb.mask, mb.tokens[mb.mask]
+        rows = completion_hidden(model, mb.student, mb.tokens.shape[1])[mask]  # (N, H)
+        w_div = cfg.divergence_weight
+        values = divergence_values(rows if w_div else rows.detach(), weight, scores, cfg)
+        per_token = torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+        clipped, clip_metrics = clip_divergence(per_token, mask, max_value=cfg.clip.max_value,
+                                                quantile=cfg.clip.quantile)
+        if cfg.clip.max_value is not None or cfg.clip.quantile is not None:
+            metrics["train/clip/fraction"] = clip_metrics["clip/fraction"]
+        kd, _ = weighted_token_mean(clipped, mask, weights[0], weights[1], normalizer=norm.tokens)
+        terms.append(("divergence", w_div, kd))
+        if cfg.contrastive.weight > 0:
+            student_logps = chunked_gather_logps(rows, weight, tokens, temperature=cfg.divergence.temperature,
+                                                 chunk_size=cfg.divergence.chunk_size)
+            con, m = token_contrastive(student_logps, scores.good_logps, scores.bad_logps, scores.contrast_mask,
+                                       margin=cfg.contrastive.margin, normalizer=norm.tokens)
+            terms.append(("contrastive", cfg.contrastive.weight, con))
+            metrics["train/contrastive/violation_fraction"] = m["contrastive/violation_fraction"]
+            metrics["train/contrastive/gap_mean"] = m["contrastive/gap_mean"]
+        if cfg.features.mode != "none":
+            feat, m = feature_matching(rows, scores.teacher_hidden, torch.ones_like(tokens, dtype=torch.bool),
+                                       normalizer=norm.tokens)
+            terms.append(("features", cfg.features.weight, feat))
+            metrics["train/features/cosine"] = m["features/cosine"]
+        if scores.start_logps is not None:
+            metrics["train/kl_to_start"] = _kl_to_start(rows, weight, tokens, mask, scores.start_logps, cfg)
+    if cfg.sft.weight > 0:
+        gold = completion_hidden(model, mb.gold, mb.gold_tokens.shape[1])[mb.gold_mask]
+        ce, _ = chunked_cross_entropy(gold, weight, mb.gold_tokens[mb.gold_mask],
+                                      torch.ones(gold.shape[0], dtype=torch.bool, device=gold.device),
+                                      normalizer=norm.gold, chunk_size=cfg.divergence.chunk_size)
+        terms.append(("sft", cfg.sft.weight, ce))
+    loss, combined = combine(terms, prefix="train/loss")
+    combined.pop("train/loss/total")
+    return loss, {**combined, **metrics}
+
+
+@torch.no_grad()
+def _kl_to_start(rows: Tensor, weight: Tensor, tokens: Tensor, mask: Tensor, start_logps: Tensor,
+                 cfg: TrainConfig) -> float:
+    """Mean over sequences of the k3 estimate of KL(student‖θ0) on the sampled tokens (τ = 1)."""
+    logps = chunked_gather_logps(rows.detach(), weight, tokens, chunk_size=cfg.divergence.chunk_size)
+    full = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device)
+    ref = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device)
+    per_seq = k3_kl(full.masked_scatter(mask, logps), ref.masked_scatter(mask, start_logps.to(logps.dtype)), mask)
+    per_seq = per_seq[mask.any(-1)]
+    return float(per_seq.mean()) if per_seq.numel() else 0.0

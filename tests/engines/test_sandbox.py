@@ -1,0 +1,256 @@
+"""Hostile battery for the code sandbox: every program below would hurt an in-process `exec`.
+
+Each test checks the status the evaluator records *and* that the evaluating process (this one) and
+the machine are unharmed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from engines.sandbox import SandboxLimits, run_many, run_python, sandbox_protections
+
+FAST = SandboxLimits(timeout_s=2.0, cpu_s=2, memory_mb=256, file_size_mb=2, max_processes=16,
+                     max_output_bytes=4096)
+
+
+def _still_fine() -> None:
+    """The evaluator can still run a program afterwards."""
+    r = run_python("print(6 * 7)", FAST)
+    assert r.status == "passed" and r.stdout == "42\n"
+
+
+def _live_processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text.encode() in cmdline and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+def test_passing_program_output_is_exact():
+    r = run_python("import json\nprint('hello')\n", FAST)
+    assert (r.status, r.returncode, r.stdout, r.stderr) == ("passed", 0, "hello\n", "")
+    assert r.passed and r.duration_s < FAST.timeout_s
+
+
+def test_failing_assert():
+    r = run_python("def f(x):\n    return x + 1\n\nassert f(1) == 3, 'wrong'\n", FAST)
+    assert r.status == "failed" and r.returncode == 1
+    assert "AssertionError: wrong" in r.stderr and "main.py" in r.stderr
+    _still_fine()
+
+
+def test_syntax_error():
+    r = run_python("def f(:\n    pass\n", FAST)
+    assert r.status == "failed" and "SyntaxError" in r.stderr
+    _still_fine()
+
+
+@pytest.mark.parametrize("program", ["while True:\n    pass\n", "import time\ntime.sleep(60)\n"])
+def test_infinite_loop_and_sleep_time_out(program):
+    limits = SandboxLimits(timeout_s=1.0, cpu_s=30)
+    r = run_python(program, limits)
+    assert r.status == "timeout"
+    assert 1.0 <= r.duration_s < limits.timeout_s + 2
+    _still_fine()
+
+
+def test_cpu_limit_reports_timeout():
+    r = run_python("while True:\n    pass\n", SandboxLimits(timeout_s=20.0, cpu_s=1))
+    assert r.status == "timeout" and r.duration_s < 5
+    _still_fine()
+
+
+def test_fork_bomb_is_bounded_and_killed():
+    program = ("import os, time\nprint(os.getcwd(), flush=True)\n"
+               "while True:\n    if os.fork() == 0:\n        time.sleep(60)\n")
+    limits = SandboxLimits(timeout_s=3.0, cpu_s=3, max_processes=8)
+    r = run_python(program, limits)
+    assert r.status in ("failed", "timeout") and r.duration_s < limits.timeout_s + 2
+    work = r.stdout.split("\n", 1)[0]
+    assert "unisd-sandbox-" in work
+    deadline = time.monotonic() + 2
+    while _live_processes_mentioning(work) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _live_processes_mentioning(work) == []  # no forked child outlives the run
+    _still_fine()
+
+
+@pytest.mark.parametrize("program", ["x = bytearray(4 << 30)\n",
+                                     "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))\n"])
+def test_memory_bomb_fails_in_the_child(program):
+    r = run_python(program, SandboxLimits(timeout_s=5.0, memory_mb=128))
+    assert r.status == "failed" and "MemoryError" in r.stderr
+    _still_fine()
+
+
+def test_huge_output_is_truncated_without_reading_it_all():
+    limits = SandboxLimits(timeout_s=10.0, file_size_mb=100, max_output_bytes=4096)
+    tracemalloc.start()
+    try:
+        r = run_python("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(64):\n    sys.stdout.write(chunk)\n",
+                       limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.status == "passed"
+    assert len(r.stdout) <= limits.max_output_bytes and r.stdout.startswith("xxx") and "cut" in r.stdout
+    assert peak < 4 << 20  # the parent never held the 64 MiB
+
+
+def test_endless_output_hits_the_file_size_limit():
+    r = run_python("while True:\n    print('y' * 1000)\n", SandboxLimits(timeout_s=5.0, file_size_mb=1))
+    assert r.status == "failed" and r.duration_s < 4
+    _still_fine()
+
+
+def test_writes_outside_the_work_dir_fail(tmp_path):
+    target = tmp_path / "evil.txt"
+    for path in (target, Path("/etc/unisd-sandbox-evil"), Path.home() / "unisd-sandbox-evil"):
+        r = run_python(f"open({str(path)!r}, 'w').write('pwned')\n", FAST)
+        assert r.status == "failed" and "PermissionError" in r.stderr
+        assert not path.exists()
+    _still_fine()
+
+
+def test_writes_through_a_directory_descriptor_are_refused_by_the_os(tmp_path):
+    if not sandbox_protections()["uid_drop"]:
+        pytest.skip("the child runs as the calling user here: only the audit hook guards writes")
+    program = (f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+               "os.close(os.open('evil.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\n")
+    r = run_python(program, FAST)
+    assert r.status == "failed" and "PermissionError" in r.stderr
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_files_inside_the_work_dir_are_fine_and_removed_afterwards():
+    program = ("import os, tempfile\nopen('data.txt', 'w').write('ok')\nfd, p = tempfile.mkstemp()\n"
+               "os.close(fd)\nos.remove(p)\nos.mkdir('sub')\nprint(os.getcwd())\n")
+    r = run_python(program, FAST)
+    assert r.status == "passed", r.stderr
+    assert not os.path.exists(r.stdout.strip())
+
+
+def test_deleting_files_outside_fails(tmp_path):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    for program in (f"import os\nos.remove({str(keep)!r})\n",
+                    f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n",
+                    f"import os\nos.rename({str(keep)!r}, 'stolen.txt')\n"):
+        r = run_python(program, FAST)
+        assert r.status == "failed" and "PermissionError" in r.stderr
+        assert keep.read_text() == "precious"
+
+
+def test_no_connection_reaches_a_loopback_server():
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.3)
+    port = server.getsockname()[1]
+    try:
+        program = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+                   "s.sendall(b'leak')\n")
+        r = run_python(program, FAST)
+        assert r.status == "failed"
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_network_namespace_has_only_loopback():
+    if not sandbox_protections()["network_namespace"]:
+        pytest.skip("no network namespace on this machine")
+    program = ("lines = open('/proc/self/net/dev').read().splitlines()[2:]\n"
+               "names = sorted(line.split(':')[0].strip() for line in lines)\nassert names == ['lo'], names\n")
+    assert run_python(program, FAST).status == "passed"
+
+
+@pytest.mark.parametrize("program", [
+    "import os\nos._exit(0)\nassert False\n",
+    "import sys\nprint('all good')\nsys.exit(0)\nassert 1 == 2\n",
+    "raise SystemExit\n",
+    "import os, sys\nsys.stdout.flush()\nos._exit(0)\n",
+])
+def test_early_clean_exit_is_not_a_pass(program):
+    r = run_python(program, FAST)
+    assert r.returncode == 0 and r.status == "failed"
+
+
+@pytest.mark.parametrize("program", [
+    "import os\nos.kill(os.getppid(), 9)\n",
+    "import os\nos.killpg(os.getpgid(os.getppid()), 9)\n",
+    "import os\nos.kill(-1, 9)\n",
+    "import os\nos.killpg(0, 9)\n",
+])
+def test_the_child_cannot_kill_the_evaluator(program):
+    me = os.getpid()
+    r = run_python(program, FAST)
+    assert r.status == "failed" and os.getpid() == me
+    _still_fine()
+
+
+def test_signals_that_bypass_the_audit_hook_cannot_reach_the_evaluator():
+    prot = sandbox_protections()
+    if not (prot["pid_namespace"] or prot["uid_drop"]):
+        pytest.skip("only the audit hook protects the parent here")
+    program = (f"import os, signal\nfd = os.pidfd_open({os.getpid()})\n"
+               "signal.pidfd_send_signal(fd, signal.SIGKILL)\n")
+    r = run_python(program, FAST)
+    assert r.status == "failed"  # no such pid in the namespace, or EPERM as nobody
+    _still_fine()
+
+
+def test_environment_is_minimal_and_isolated(monkeypatch):
+    monkeypatch.setenv("UNISD_TEST_SECRET", "s3cret")
+    program = ("import os, sys\nassert 'UNISD_TEST_SECRET' not in os.environ\n"
+               "assert os.environ['HOME'] == os.getcwd() == os.environ['TMPDIR']\n"
+               "assert sys.flags.isolated and sys.flags.no_site\n"
+               "try:\n    import pyarrow\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit(3)\n"
+               "assert sys.stdin.read() == ''\n")
+    r = run_python(program, FAST)
+    assert r.status == "passed", r.stderr
+
+
+@pytest.mark.parametrize("program", ["import ctypes\n", "import subprocess\nsubprocess.run(['true'])\n",
+                                     "import os\nos.system('true')\n"])
+def test_escape_hatches_are_closed(program):
+    r = run_python(program, FAST)
+    assert r.status == "failed" and "sandbox:" in r.stderr
+
+
+def test_runs_as_nobody_when_started_as_root():
+    if not sandbox_protections()["uid_drop"]:
+        pytest.skip("not started as root, or no setpriv")
+    r = run_python("import os\nassert os.getuid() == os.geteuid() == 65534\nassert os.getgroups() in ([], [65534])\n",
+                   FAST)
+    assert r.status == "passed", r.stderr
+
+
+def test_run_many_keeps_order_and_runs_in_parallel():
+    programs = [f"import time\ntime.sleep(0.4)\nprint({i})\n" for i in range(4)]
+    start = time.monotonic()
+    results = run_many(programs, FAST, workers=2)
+    elapsed = time.monotonic() - start
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
+    assert all(r.passed for r in results)
+    assert elapsed < 4 * 0.4  # two at a time
+    assert run_many([], FAST) == []
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="timeout_s"):
+        SandboxLimits(timeout_s=0)
+    with pytest.raises(ValueError, match="max_processes"):
+        SandboxLimits(max_processes=-1)
