@@ -81,7 +81,8 @@ class SandboxLimits:
     file_size_mb: int = 16
     """RLIMIT_FSIZE: largest file the program may write (its stdout/stderr included)."""
     max_processes: int = 64
-    """RLIMIT_NPROC and the total number of forks the audit hook allows."""
+    """Forks the program may make in total (audit hook). RLIMIT_NPROC, a backstop, is this + 16: it
+    counts every process of the uid, including the relay and concurrent runs as nobody."""
     max_output_bytes: int = 65536
     """stdout and stderr are each returned truncated to this many bytes (head and tail kept)."""
 
@@ -145,7 +146,8 @@ def _guard(cfg):
              "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)), "os.symlink": ((1, 2),),
              "os.chmod": ((0, 2),), "os.chown": ((0, 3),), "os.utime": ((0, 3),),
              "os.truncate": ((0, None),), "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
-             "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None)), "sqlite3.connect": ((0, None),)}
+             "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None)),
+             "sqlite3.connect": ((0, None),)}
     blocked = {"os.exec", "os.posix_spawn", "os.system", "os.forkpty", "subprocess.Popen",
                "socket.__new__", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
                "socket.getnameinfo", "socket.sethostname"}
@@ -171,7 +173,7 @@ def _guard(cfg):
     def hook(event, args):
         if event == "open":
             if isinstance(args[2], int) and args[2] & write_flags and not inside(args[0], None):
-                raise PermissionError(f"sandbox: writing outside the work directory is not allowed: {args[0]!r}")
+                raise PermissionError(f"sandbox: writing outside the work directory: {args[0]!r}")
         elif event in paths:
             for i, fd_i in paths[event]:
                 if not inside(args[i], None if fd_i is None else args[fd_i]):
@@ -209,9 +211,10 @@ except BaseException as _e:
     sys.stderr.flush()
     os._exit(121)
 sys.argv = [_cfg["program"]]
+_main = sys.modules["__main__"] = type(sys)("__main__")  # a fresh __main__ (pickle, doctest find it)
+_main.__file__, _main.__builtins__ = _cfg["program"], __builtins__
 try:
-    exec(compile(_source, _cfg["program"], "exec"), {"__name__": "__main__", "__file__": _cfg["program"],
-                                                      "__builtins__": __builtins__})
+    exec(compile(_source, _cfg["program"], "exec"), _main.__dict__)
 except SystemExit:
     raise
 except BaseException as _e:
@@ -335,7 +338,7 @@ def _run_in(outer: str, program: str, limits: SandboxLimits, rt: _Runtime, start
            "rlimits": [("RLIMIT_CPU", limits.cpu_s, limits.cpu_s + 1),
                        ("RLIMIT_AS", limits.memory_mb * mb, limits.memory_mb * mb),
                        ("RLIMIT_FSIZE", limits.file_size_mb * mb, limits.file_size_mb * mb),
-                       ("RLIMIT_NPROC", limits.max_processes, limits.max_processes),
+                       ("RLIMIT_NPROC", limits.max_processes + 16, limits.max_processes + 16),
                        ("RLIMIT_CORE", 0, 0)]}
     argv = [*rt.wrapper, sys.executable, "-I", "-S", "-B", "-X", "utf8", "-c", _PRELUDE, json.dumps(cfg)]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work,

@@ -180,6 +180,13 @@ def replacements(word: str, pos: str, kind: SwapKind) -> tuple[str, ...]:
     return tuple(result)
 
 
+@functools.lru_cache(maxsize=65536)
+def _is_name(word: str) -> bool:
+    """True when WordNet's most frequent sense of ``word`` is an instance (Paris, Newton): a name."""
+    synsets = load_wordnet().synsets(word)
+    return bool(synsets) and bool(synsets[0].instance_hypernyms())
+
+
 def _pluralise(word: str) -> str:
     if word.endswith(("s", "x", "z", "ch", "sh")):
         return word + "es"
@@ -289,6 +296,8 @@ class WordNetSwap:
             if pos is None:
                 continue
             low = m[0].lower()
+            if m[0][0].isupper() and _is_name(low):
+                continue
             base = wn.morphy(low, pos) or low
             options = tuple(inflect_like(m[0], base, r, pos) for r in replacements(low, pos, self.kind))
             options = tuple(o for o in options if o.lower() != low)

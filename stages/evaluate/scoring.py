@@ -16,6 +16,7 @@ Families and their score (mean score per dataset is the reported metric):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -24,7 +25,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, NamedTuple
 
-from engines.sandbox import SandboxLimits, SandboxResult, run_many
+from engines.sandbox import SandboxLimits, run_many
 
 LETTERS = string.ascii_uppercase
 FAMILIES = ("mcqa", "math", "code", "tool", "free")
@@ -46,7 +47,7 @@ _EXPLICIT = re.compile(
     r"\s*(?:(?:option|choice|letter)\s+)?(?P<open>[(\[{])?\s*(?:\*\*)?(?P<letter>[A-Za-z])(?:\*\*)?"
     r"\s*(?P<close>[)\]}])?(?![A-Za-z0-9])(?P<after>[^\n]{0,20})",
     re.IGNORECASE)
-_ALONE = re.compile(r"^\s*(?:\*\*|__)?\s*[(\[]?\s*([A-Za-z])\s*[)\].:]?\s*(?:\*\*|__)?\s*$", re.M)
+_ALONE = re.compile(r"^\s*(?:\*\*|__)?\s*[(\[]?\s*([A-Za-z])\s*[)\].:]?\s*(?:\*\*|__)?\s*$", re.MULTILINE)
 _LEADING = re.compile(r"\A\s*(?:\*\*|__)?\s*[(\[]?([A-Z])(?:[)\]]|[.:](?=\s|$))")
 _MARKED = re.compile(r"[(\[]([A-Z])[)\]]|\*\*([A-Z])\*\*|\b(?i:option|choice)\s+([A-Z])\b")
 _AFTER_WORD = {"is", "because", "since", "as", "which", "and", "or", "for", "was"}
@@ -168,13 +169,9 @@ def normalise_number(s: str) -> str:
 
 
 def _to_fraction(s: str | None) -> Fraction | None:
-    if s is None:
-        return None
-    for candidate in (normalise_number(str(s)), extract_number(str(s))):
-        try:
-            return Fraction(candidate) if candidate else None
-        except (ValueError, ZeroDivisionError):
-            continue
+    for candidate in () if s is None else (normalise_number(str(s)), extract_number(str(s))):
+        with contextlib.suppress(ValueError, ZeroDivisionError, TypeError):
+            return Fraction(candidate)  # type: ignore[arg-type]
     return None
 
 
@@ -183,37 +180,27 @@ def numbers_equal(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
     fa, fb = _to_fraction(a), _to_fraction(b)
     if fa is None or fb is None:
         return False
-    if fa == fb:
-        return True
     try:
-        return math.isclose(float(fa), float(fb), rel_tol=rel_tol, abs_tol=1e-12)
+        return fa == fb or math.isclose(float(fa), float(fb), rel_tol=rel_tol, abs_tol=1e-12)
     except OverflowError:
         return False
 
 
 # --- code ------------------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"```[ \t]*([\w+.\-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_FENCE = re.compile(r"```[ \t]*([\w+.\-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_LANGS = {"python", "py", "python3", "py3"}
 _MAIN_GUARD = re.compile(r"^if\s+__name__\s*==\s*['\"]__main__['\"]\s*:")
 
 
 def _defines(code: str, name: str, top_level: bool = False) -> bool:
     indent = "" if top_level else r"[ \t]*"
-    return re.search(rf"^{indent}(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+    return re.search(rf"^{indent}(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
 
 
 def extract_code(text: str, entry_point: str | None = None) -> str:
-    """Candidate code: a JSON ``code`` field, else the ```python block defining ``entry_point`` (else the
-    longest, the latest on ties), else any fenced block (same rule), else the raw text."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            obj = json.loads(stripped)
-            if isinstance(obj, dict) and isinstance(obj.get("code"), str):
-                return obj["code"]
-        except json.JSONDecodeError:
-            pass
+    """Candidate code: the ```python block defining ``entry_point`` (else the longest, the latest on
+    ties), else any fenced block (same rule), else the raw text (a body keeps its indentation)."""
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
     for pool in ([b for lang, b in blocks if lang in _PY_LANGS], [b for _, b in blocks]):
         pool = [b for b in pool if b.strip()]
@@ -281,7 +268,8 @@ def _compiles(source: str) -> bool:
 
 def build_humaneval_program(prompt: str, completion_code: str, test: str, entry_point: str) -> str:
     """Full test program: the candidate module, HumanEval's ``test`` and ``check(entry_point)``."""
-    return combine_humaneval(prompt, completion_code, entry_point) + "\n\n" + test + f"\n\ncheck({entry_point})\n"
+    module = combine_humaneval(prompt, completion_code, entry_point)
+    return module + "\n\n" + test + f"\n\ncheck({entry_point})\n"
 
 
 def code_program(completion: str, example: dict) -> tuple[str, str]:
@@ -294,14 +282,15 @@ def code_program(completion: str, example: dict) -> tuple[str, str]:
         candidate = combine_humaneval(meta["humaneval_prompt"], candidate, entry or example["answer"])
     tests = example.get("tests") or ""
     program = candidate + "\n\n" + tests
-    if entry and re.search(r"^def check\(", tests, re.M) and not re.search(r"^check\(", tests, re.M):
+    calls_check = re.search(r"^check\(", tests, re.MULTILINE)
+    if entry and re.search(r"^def check\(", tests, re.MULTILINE) and not calls_check:
         program += f"\n\ncheck({entry})\n"
     return code, program
 
 
 # --- tool use --------------------------------------------------------------------------------------
 
-_REACT = re.compile(r"Action\s*\d*\s*:\s*(.*?)\s*\n\s*Action\s*\d*\s*Input\s*\d*\s*:\s*", re.S)
+_REACT = re.compile(r"Action\s*\d*\s*:\s*(.*?)\s*\n\s*Action\s*\d*\s*Input\s*\d*\s*:\s*", re.DOTALL)
 _NAME_KEYS = ("action", "Action", "name", "tool", "tool_name")
 _ARG_KEYS = ("action_input", "Action_Input", "Action Input", "arguments", "args", "parameters", "input")
 
@@ -445,14 +434,10 @@ def _score_simple(family: str, completion: str, example: dict) -> RowScore:
     raise ValueError(f"unknown task family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 
-def _sandbox_detail(result: SandboxResult) -> dict[str, Any]:
-    return {"status": result.status, "returncode": result.returncode,
-            "duration_s": round(result.duration_s, 3), "stderr": result.stderr[-1000:]}
-
-
-def score_rows(rows: list[tuple[str, str, dict]], limits: SandboxLimits = SandboxLimits(),
+def score_rows(rows: list[tuple[str, str, dict]], limits: SandboxLimits | None = None,
                workers: int = 2) -> list[RowScore]:
-    """Score ``(family, completion, example)`` rows; code programs run ``workers`` at a time."""
+    """Score ``(family, completion, example)`` rows; code programs run ``workers`` at a time (default
+    limits: `SandboxLimits()`). The detail of a code row holds the sandbox status and stderr tail."""
     out: list[RowScore | None] = [None] * len(rows)
     code_rows: list[tuple[int, str]] = []
     programs: list[str] = []
@@ -463,12 +448,13 @@ def score_rows(rows: list[tuple[str, str, dict]], limits: SandboxLimits = Sandbo
             programs.append(program)
         else:
             out[i] = _score_simple(family, completion, example)
-    for (i, code), result in zip(code_rows, run_many(programs, limits, workers)):
-        out[i] = RowScore(code or None, result.passed, float(result.passed), _sandbox_detail(result))
+    for (i, code), res in zip(code_rows, run_many(programs, limits or SandboxLimits(), workers)):
+        detail = {"status": res.status, "returncode": res.returncode, "duration_s": round(res.duration_s, 3),
+                  "stderr": res.stderr[-1000:]}
+        out[i] = RowScore(code or None, res.passed, float(res.passed), detail)
     return out  # type: ignore[return-value]
 
 
-def score_row(family: str, completion: str, example: dict,
-              limits: SandboxLimits = SandboxLimits()) -> RowScore:
+def score_row(family: str, completion: str, example: dict, limits: SandboxLimits | None = None) -> RowScore:
     """(extracted, correct, score, detail) for one completion of one ``examples`` row."""
     return score_rows([(family, completion, example)], limits, workers=1)[0]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engines import assets
-from engines.generation import Completion, Generator, SamplingConfig
+from engines.generation import Completion, Generator, PromptTooLong, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,13 @@ def build_generator(cfg: GeneratorConfig) -> Generator:
 def generate_with_backoff(generator: Generator, prompts: Sequence[str], sampling: SamplingConfig,
                           retries: int = 3, backoff_s: float = 2.0,
                           sleep: Callable[[float], None] = time.sleep) -> list[Completion]:
-    """``generator.generate`` retried ``retries`` times on any error, waiting backoff_s·2^attempt between."""
+    """``generator.generate`` retried ``retries`` times on an error (not on an over-long prompt), waiting
+    backoff_s·2^attempt between attempts."""
     for attempt in range(retries + 1):
         try:
             out = generator.generate(list(prompts), sampling)
+        except PromptTooLong:
+            raise  # a configuration problem: retrying cannot help
         except Exception as e:  # backends raise transport, server and CUDA errors alike
             if attempt == retries:
                 raise

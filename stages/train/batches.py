@@ -97,9 +97,7 @@ def _micro_batch(ctx: BatchContext, items: list[TrainItem], comps: list[Completi
             if chosen:
                 mb.negative = pack(chosen, tokens[rows], lengths[rows], pad)
     if cfg.sft.weight > 0:
-        gold = [ctx.tokenizer(it.reference, add_special_tokens=False)["input_ids"] for it in items]
-        limit = cfg.rollout.max_new_tokens
-        gold = [g[:limit - 1] + [eos] for g in gold]
+        gold = [ctx.tokenizer(it.reference, add_special_tokens=False)["input_ids"] + [eos] for it in items]
         mb.gold_tokens, lengths = pad_completions(gold, pad)
         mb.gold_mask = torch.arange(mb.gold_tokens.shape[1])[None, :] < lengths[:, None]
         mb.gold = pack(prompts, mb.gold_tokens, lengths, pad)

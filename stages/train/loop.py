@@ -174,7 +174,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     run.teachers.update(step)
     finished = time.perf_counter()
     metrics.update(_merge(parts))
-    metrics.update({"train/grad_norm": grad_norm, "train/tokens/completion": norm.tokens,
+    metrics.update({"train/grad_norm": grad_norm, "train/tokens/completion": norm.count,
                     "train/prompt/truncated": float(run.encoder.uses_truncated - truncated_before),
                     "train/time/generate_s": generated - started, "train/time/teachers_s": scored - generated,
                     "train/time/student_s": finished - scored})
@@ -184,7 +184,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     metrics, loss_value = _reduce(acc, metrics, loss_value)
     seconds = finished - started
     row = {"step": step, "method": run.method, "metrics": metrics, "loss": loss_value, "lr": lr,
-           "tokens_per_s": norm.tokens / seconds if completions is not None else None,
+           "tokens_per_s": norm.count / seconds if completions is not None else None,
            "step_seconds": seconds, "peak_mem_mb": peak_memory_mb()}
     samples = _samples(run, step, items, completions) if is_log else []
     return row, samples
@@ -196,7 +196,7 @@ def _normalizers(acc, batches) -> Normalizers:
     counts = torch.tensor([tokens, gold], dtype=torch.float64, device=acc.device)
     if acc.num_processes > 1:
         counts = acc.reduce(counts, reduction="sum")
-    return Normalizers(tokens=max(float(counts[0]), 1.0), gold=max(float(counts[1]), 1.0))
+    return Normalizers(tokens=max(float(counts[0]), 1.0), gold=max(float(counts[1]), 1.0), count=float(counts[0]))
 
 
 def _clip(run: Run) -> float:

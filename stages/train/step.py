@@ -77,6 +77,8 @@ class Normalizers:
     """Completion (loss) tokens of the whole optimizer step, over all processes (≥ 1)."""
     gold: float
     """Gold-reference tokens of the step (SFT term), over all processes (≥ 1)."""
+    count: float = 0.0
+    """The raw completion-token count (0 when every completion was masked)."""
 
 
 def completion_hidden(model: nn.Module, packed: Packed, steps: int) -> Tensor:

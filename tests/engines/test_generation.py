@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from engines.generation import HFGenerator, PromptTooLong, SamplingConfig, chat_ids
@@ -38,3 +40,17 @@ def test_sampling_config_validation():
         SamplingConfig(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
+
+
+def test_regex_stop_ends_each_row_independently(tiny_lm):
+    model, tok = tiny_lm
+    gen = HFGenerator(model, tok, batch_size=3)
+    free = gen.generate(["a", "bb", "ccc"], SamplingConfig(max_new_tokens=12))
+    stopped = gen.generate(["a", "bb", "ccc"], SamplingConfig(max_new_tokens=12, stop=r"\n\n|\S"))
+    for f, s in zip(free, stopped):
+        assert s.finished
+        assert s.token_ids == f.token_ids[:len(s.token_ids)]  # same greedy prefix, cut at the first match
+        assert len(s.token_ids) <= len(f.token_ids)
+        assert re.search(r"\n\n|\S", s.text)  # stopped when the pattern appeared
+        assert not re.search(r"\n\n|\S", tok.decode(s.token_ids[:-1]))  # and not a token earlier
+    assert any(len(s.token_ids) < len(f.token_ids) for f, s in zip(free, stopped))

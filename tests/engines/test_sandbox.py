@@ -45,6 +45,15 @@ def test_passing_program_output_is_exact():
     assert r.passed and r.duration_s < FAST.timeout_s
 
 
+def test_program_runs_as_a_real_main_module():
+    program = ("import pickle, sys\nclass Point:\n    pass\n\nassert __name__ == '__main__'\n"
+               "assert sys.modules['__main__'].Point is Point\n"
+               "assert type(pickle.loads(pickle.dumps(Point()))) is Point\n"
+               "print(sys.argv[0].endswith('main.py'))\n")
+    r = run_python(program, FAST)
+    assert (r.status, r.stdout) == ("passed", "True\n"), r.stderr
+
+
 def test_failing_assert():
     r = run_python("def f(x):\n    return x + 1\n\nassert f(1) == 3, 'wrong'\n", FAST)
     assert r.status == "failed" and r.returncode == 1
@@ -88,6 +97,14 @@ def test_fork_bomb_is_bounded_and_killed():
     _still_fine()
 
 
+def test_zero_process_budget_forbids_forking_only():
+    limits = SandboxLimits(timeout_s=2.0, max_processes=0)
+    ok = run_python("print('no fork needed')\n", limits)
+    assert ok.status == "passed", ok
+    r = run_python("import os\nos.fork()\n", limits)
+    assert r.status == "failed" and "process limit" in r.stderr
+
+
 @pytest.mark.parametrize("program", ["x = bytearray(4 << 30)\n",
                                      "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))\n"])
 def test_memory_bomb_fails_in_the_child(program):
@@ -100,8 +117,8 @@ def test_huge_output_is_truncated_without_reading_it_all():
     limits = SandboxLimits(timeout_s=10.0, file_size_mb=100, max_output_bytes=4096)
     tracemalloc.start()
     try:
-        r = run_python("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(64):\n    sys.stdout.write(chunk)\n",
-                       limits)
+        program = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(64):\n    sys.stdout.write(chunk)\n"
+        r = run_python(program, limits)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -173,7 +190,8 @@ def test_network_namespace_has_only_loopback():
     if not sandbox_protections()["network_namespace"]:
         pytest.skip("no network namespace on this machine")
     program = ("lines = open('/proc/self/net/dev').read().splitlines()[2:]\n"
-               "names = sorted(line.split(':')[0].strip() for line in lines)\nassert names == ['lo'], names\n")
+               "names = sorted(line.split(':')[0].strip() for line in lines)\n"
+               "assert names == ['lo'], names\n")
     assert run_python(program, FAST).status == "passed"
 
 
@@ -233,8 +251,9 @@ def test_escape_hatches_are_closed(program):
 def test_runs_as_nobody_when_started_as_root():
     if not sandbox_protections()["uid_drop"]:
         pytest.skip("not started as root, or no setpriv")
-    r = run_python("import os\nassert os.getuid() == os.geteuid() == 65534\nassert os.getgroups() in ([], [65534])\n",
-                   FAST)
+    program = ("import os\nassert os.getuid() == os.geteuid() == 65534\n"
+               "assert os.getgroups() in ([], [65534])\n")
+    r = run_python(program, FAST)
     assert r.status == "passed", r.stderr
 
 

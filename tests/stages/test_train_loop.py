@@ -1,0 +1,240 @@
+"""The train loop end to end on the tiny model: updates, invariants, resume, EMA, checkpoint export."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import schemas
+from engines.generation import PromptTooLong
+from engines.models import ModelConfig
+from stages import contexts as contexts_stage
+from stages import train
+from stages.contexts import negatives_minimal
+from stages.train import (
+    AgreementSettings,
+    ContrastiveSettings,
+    FeatureSettings,
+    LoraSettings,
+    RolloutSettings,
+    TeacherSettings,
+    TrainConfig,
+)
+from stages.train.loop import fit, setup
+from stages.train.teachers import EMA, lora_ema_pairs
+from storage import Workspace
+from test_train_fixtures import examples_table
+
+BASE = TrainConfig(steps=2, batch_size=2, lr=1e-2, warmup_ratio=0.0, seed=1,
+                   lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                   rollout=RolloutSettings(max_new_tokens=6, temperature=1.0))
+MECHANISMS = dict(
+    agreement=AgreementSettings(level="token", num_views=2),
+    teacher=TeacherSettings(kind="ema", ema_beta=0.5, ema_every=1),
+    contrastive=ContrastiveSettings(weight=0.2, sources=("corrupt",)),
+    features=FeatureSettings(mode="joint", weight=0.5),
+)
+
+
+@pytest.fixture(scope="module")
+def tables():
+    examples = examples_table(3)
+    negatives = negatives_minimal.run(negatives_minimal.NegativesConfig(), examples)["negatives"]
+    contexts = contexts_stage.run(contexts_stage.ContextsConfig(num_views=2), examples, negatives)["contexts"]
+    return examples, contexts, negatives
+
+
+@pytest.fixture(scope="module")
+def model_cfg(tiny_model_dir):
+    return ModelConfig(path=str(tiny_model_dir))
+
+
+def _adapter(student) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in student.named_parameters() if ".default." in n}
+
+
+def _train(cfg, model_cfg, tables, path, on_step=None, method="m"):
+    examples, contexts, negatives = tables
+    return train.run(cfg, model_cfg, examples, contexts, negatives, Workspace.create(path), method, on_step=on_step)
+
+
+def test_parameters_change_loss_finite_tables_conform(model_cfg, tables, tmp_path):
+    cfg = dataclasses.replace(BASE, **MECHANISMS)
+    seen = []
+    out = _train(cfg, model_cfg, tables, tmp_path, on_step=lambda s, row, student: seen.append(_adapter(student)))
+    steps = out["train_steps"].to_pylist()
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
+    metrics = dict(steps[0]["metrics"])
+    for key in ("train/loss/divergence", "train/loss/contrastive", "train/loss/features",
+                "train/agreement/weight_mean", "train/agreement/weight_min",
+                "train/contrastive/violation_fraction", "train/kl_to_start", "train/tokens/completion"):
+        assert key in metrics and math.isfinite(metrics[key]), key
+    assert steps[0]["peak_mem_mb"] > 0 and steps[0]["tokens_per_s"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(seen[0].values(), seen[1].values()))
+    schemas.validate(out["train_steps"], schemas.TRAIN_STEPS)
+    schemas.validate(out["rollouts"], schemas.ROLLOUTS)
+    assert out["rollouts"].num_rows == 2 * BASE.rollout.log_samples
+
+
+def test_token_count_is_taken_after_generation(model_cfg, tables, tmp_path):
+    rows = []
+    _train(dataclasses.replace(BASE, steps=1), model_cfg, tables, tmp_path,
+           on_step=lambda s, row, student: rows.append(row))
+    metrics = rows[0]["metrics"]
+    # tiny random model: completions run to max_new_tokens (no EOS), 2 prompts -> 12 loss tokens
+    assert metrics["train/tokens/completion"] == 12
+    assert metrics["train/rollout/truncated_fraction"] == 1.0
+
+
+def test_mask_truncated_drops_unfinished_completions(model_cfg, tables, tmp_path):
+    cfg = dataclasses.replace(BASE, steps=1, rollout=dataclasses.replace(BASE.rollout, mask_truncated=True))
+    out = _train(cfg, model_cfg, tables, tmp_path)
+    row = out["train_steps"].to_pylist()[0]
+    assert dict(row["metrics"])["train/tokens/completion"] == 0
+    assert row["loss"] == 0.0
+
+
+def test_long_prompt_is_an_error_or_a_counted_truncation(model_cfg, tables, tmp_path):
+    examples, contexts, negatives = tables
+    short = dataclasses.replace(BASE, steps=1, rollout=dataclasses.replace(BASE.rollout, max_prompt_tokens=40))
+    with pytest.raises(PromptTooLong, match="max_prompt_tokens=40"):
+        setup(short, model_cfg, examples, contexts, negatives, Workspace.create(tmp_path / "a"), "m")
+    cut = dataclasses.replace(short, rollout=dataclasses.replace(short.rollout, on_long_prompt="truncate_left"))
+    out = _train(cut, model_cfg, tables, tmp_path / "b")
+    assert dict(out["train_steps"].to_pylist()[0]["metrics"])["train/prompt/truncated"] >= 4
+
+
+def test_grad_accumulation_equals_one_big_batch(model_cfg, tables, tmp_path):
+    """4 prompts in one micro-batch == the same 4 prompts (same rollouts) as 4 micro-batches of 1."""
+    results = []
+    for accum in (1, 4):
+        cfg = dataclasses.replace(BASE, steps=1, batch_size=4, grad_accum=accum, lr=1e-3, **MECHANISMS)
+        run = setup(cfg, model_cfg, *tables, Workspace.create(tmp_path / str(accum)), "m")
+        start = _adapter(run.student)
+        fit(run)
+        after = _adapter(run.student)
+        results.append((run.rows[0], {n: after[n] - start[n] for n in start}))
+    (row1, delta1), (row4, delta4) = results
+    m1, m4 = dict(row1["metrics"]), dict(row4["metrics"])
+    assert m1["train/tokens/completion"] == m4["train/tokens/completion"] == 24
+    assert row4["loss"] == pytest.approx(row1["loss"], rel=1e-5)
+    for key in ("train/loss/divergence", "train/loss/contrastive", "train/loss/features", "train/grad_norm",
+                "train/agreement/weight_mean"):
+        assert m4[key] == pytest.approx(m1[key], rel=1e-4), key
+    for name in delta1:
+        assert torch.allclose(delta1[name], delta4[name], atol=1e-3 * 1e-3), name
+    assert any(d.abs().max() > 1e-4 for d in delta1.values())
+
+
+class _Stop(RuntimeError):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(model_cfg, tables, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = dataclasses.replace(BASE, steps=3, checkpoint_every=1, **MECHANISMS)
+    full = _train(cfg, model_cfg, tables, tmp_path / "full")
+
+    def crash(step, row, student):
+        if step == 1:
+            raise _Stop("killed after step 1")
+
+    with pytest.raises(_Stop):
+        _train(cfg, model_cfg, tables, tmp_path / "resumed", on_step=crash)
+    resumed = _train(cfg, model_cfg, tables, tmp_path / "resumed")
+
+    def comparable(table):
+        return [(r["step"], r["loss"], r["lr"],
+                 {k: v for k, v in r["metrics"] if not k.startswith("train/time/")})
+                for r in table.to_pylist()]
+
+    assert comparable(resumed["train_steps"]) == comparable(full["train_steps"])
+    assert resumed["rollouts"].to_pylist() == full["rollouts"].to_pylist()
+    a = load_file(tmp_path / "full" / "files" / "checkpoint" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "files" / "checkpoint" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_closed_form():
+    """After n updates θ̄_n = β^n θ̄_0 + (1−β) Σ_i β^(n−i) θ_i."""
+    beta = 0.8
+    source, target = torch.zeros(3), torch.tensor([1.0, -2.0, 0.5])
+    start = target.clone()
+    ema = EMA([("w", source, target)], beta=beta, every=2)
+    trajectory = []
+    for step in range(1, 7):
+        source.copy_(torch.tensor([step, -step, 2.0 * step]))
+        if ema.update(step):
+            trajectory.append(source.clone())
+    n = len(trajectory)
+    expected = beta**n * start + (1 - beta) * sum(beta ** (n - 1 - i) * t for i, t in enumerate(trajectory))
+    assert n == 3 and ema.updates == 3
+    assert torch.allclose(target, expected)
+
+
+def test_lora_ema_teacher_follows_beta_and_moves_away_from_start(model_cfg, tables, tmp_path):
+    """The EMA adapter averages the student adapter (REFERENCE §8.1: it must not stay at θ0)."""
+    beta = 0.5
+    cfg = dataclasses.replace(BASE, steps=3, **{**MECHANISMS, "teacher": TeacherSettings(
+        kind="ema", ema_beta=beta, ema_every=1)})
+    run = setup(cfg, model_cfg, *tables, Workspace.create(tmp_path), "m")
+    pairs = lora_ema_pairs(run.student)
+    thetas = [{n: s.detach().clone() for n, s, _ in pairs}]
+    fit(run, on_step=lambda step, row, student: thetas.append({n: s.detach().clone() for n, s, _ in pairs}))
+    for name, _, target in pairs:
+        expected = thetas[0][name] * beta**3
+        for i in (1, 2, 3):
+            expected = expected + (1 - beta) * beta ** (3 - i) * thetas[i][name]
+        assert torch.allclose(target, expected, atol=1e-7), name
+    ids = torch.tensor([[1, 520, 9531, 198, 28, 7018]])
+    with torch.no_grad():
+        with run.teachers.teacher() as teacher:
+            ema_logits = teacher(input_ids=ids).logits
+        with run.student.disable_adapter():
+            start_logits = run.student(input_ids=ids).logits
+    assert (ema_logits - start_logits).abs().max() > 1e-4
+
+
+def test_full_finetune_with_ema_teacher_copy(model_cfg, tables, tmp_path):
+    cfg = dataclasses.replace(BASE, steps=1, lr=1e-3, lora=LoraSettings(enabled=False),
+                              teacher=TeacherSettings(kind="ema", ema_beta=0.5, ema_every=1))
+    run = setup(cfg, model_cfg, *tables, Workspace.create(tmp_path), "m")
+    name, param = next((n, p) for n, p in run.student.named_parameters() if "q_proj" in n)
+    start = param.detach().clone()
+    fit(run)
+    copy = dict(run.teachers.copy.named_parameters())[name]
+    assert not torch.equal(param, start)
+    assert torch.allclose(copy, 0.5 * start + 0.5 * param, atol=1e-7)
+
+
+def test_merged_checkpoint_matches_the_adapter_model(model_cfg, tables, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = dataclasses.replace(BASE, steps=2, lr=5e-2)
+    _train(cfg, model_cfg, tables, tmp_path)
+    ckpt = tmp_path / "files" / "checkpoint"
+    merged = AutoModelForCausalLM.from_pretrained(ckpt / "merged").eval()
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), ckpt).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[1, 520, 9531, 198, 28, 7018, 411]])
+    with torch.no_grad():
+        a, m, b = adapter(input_ids=ids).logits, merged(input_ids=ids).logits, base(input_ids=ids).logits
+    assert torch.allclose(a, m, atol=1e-5)
+    assert (m - b).abs().max() > 1e-4
+    assert (ckpt / "merged" / "tokenizer.json").exists()
+
+
+def test_missing_views_fail_with_one_line(model_cfg, tables, tmp_path):
+    examples, contexts, negatives = tables
+    cfg = dataclasses.replace(BASE, agreement=AgreementSettings(level="token", num_views=5))
+    with pytest.raises(ValueError, match="has no view aux_2"):
+        setup(cfg, model_cfg, examples, contexts, negatives, Workspace.create(tmp_path), "m")
+    cfg = dataclasses.replace(BASE, agreement=AgreementSettings(level="token", num_views=2, strategy="retrieval"))
+    with pytest.raises(ValueError, match="built with strategy 'random'"):
+        setup(cfg, model_cfg, examples, contexts, negatives, Workspace.create(tmp_path), "m")
