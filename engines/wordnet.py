@@ -22,7 +22,7 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class WordNetUnavailable(RuntimeError):
     """The WordNet corpus is not installed where nltk looks; the message names the install command."""
 
 
+@runtime_checkable
 class Transformation(Protocol):
     """A text perturbation: candidates differing from ``text``, possibly none; seeded by ``rng``."""
 
@@ -253,7 +254,7 @@ class WordNetSwap:
     min_word_length: int = 3
     """Shorter words are never changed."""
     protected: frozenset[str] = frozenset()
-    """Extra words (lower case) never changed, e.g. the option texts or the answer."""
+    """Extra words (lower case, matched as written or by base form) never changed, e.g. option texts."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("synonym", "antonym", "hypernym"):
@@ -299,6 +300,8 @@ class WordNetSwap:
             if m[0][0].isupper() and _is_name(low):
                 continue
             base = wn.morphy(low, pos) or low
+            if base in self.protected:
+                continue
             options = tuple(inflect_like(m[0], base, r, pos) for r in replacements(low, pos, self.kind))
             options = tuple(o for o in options if o.lower() != low)
             single = tuple(o for o in options if " " not in o)

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from engines import assets
 from engines.generation import HFGenerator
 from engines.models import ModelConfig, fingerprint, load_model
+from stages import contexts as contexts_stage
 from stages import evaluate as evaluate_stage
+from stages import induction as induction_stage
 from stages import ingest as ingest_stage
+from stages import negatives as negatives_stage
+from stages import retrieval as retrieval_stage
+from stages import train as train_stage
 from storage import Artifact, Store, StageSpec
 
 log = logging.getLogger(__name__)
@@ -30,15 +35,92 @@ def ingest(store: Store, cfg: ingest_stage.IngestConfig, *, force: bool = False)
                              lambda ws: ingest_stage.run(cfg, assets.cache_dir()), force=force)
 
 
+def retrieval(store: Store, cfg: retrieval_stage.RetrievalConfig, examples: Artifact, *,
+              force: bool = False) -> Artifact:
+    return store.materialize(retrieval_stage.SPEC, {"retrieval": asdict(cfg)}, {"examples": examples},
+                             lambda ws: retrieval_stage.run(cfg, examples.table("examples"), ws), force=force)
+
+
+def induction(store: Store, cfg: induction_stage.InductionConfig, examples: Artifact, *,
+              force: bool = False) -> Artifact:
+    key = {"induction": asdict(cfg), "model": _generator_fingerprint(cfg.generator)}
+    return store.materialize(induction_stage.SPEC, key, {"examples": examples},
+                             lambda ws: induction_stage.run(cfg, examples.table("examples"), workspace=ws),
+                             force=force)
+
+
+def negatives(store: Store, cfg: negatives_stage.NegativesConfig, examples: Artifact, *,
+              force: bool = False) -> Artifact:
+    key = {"negatives": asdict(cfg), "model": _generator_fingerprint(cfg.llm.generator)}
+    return store.materialize(negatives_stage.SPEC, key, {"examples": examples},
+                             lambda ws: negatives_stage.run(cfg, examples.table("examples"), workspace=ws),
+                             force=force)
+
+
+def _generator_fingerprint(gen) -> str:
+    return fingerprint(gen.model) if gen.backend == "hf" else f"{gen.base_url}|{gen.model}"
+
+
+CONTEXTS_INPUTS = ("negatives", "neighbors", "instructions")
+
+
+def contexts(store: Store, cfg: contexts_stage.ContextsConfig, examples: Artifact,
+             extra: dict[str, Artifact], *, force: bool = False) -> Artifact:
+    """Teacher views; ``extra`` maps negatives/neighbors/instructions to the artifacts holding them."""
+    tables = {"negatives": "negatives", "neighbors": "neighbors", "instructions": "instructions"}
+    spec = replace(contexts_stage.SPEC, inputs={"examples": contexts_stage.SPEC.inputs["examples"],
+                                                **{k: store_schema(k) for k in extra}})
+
+    def compute(ws):
+        kwargs = {k: extra[k].table(tables[k]) for k in extra}
+        return contexts_stage.run(cfg, examples.table("examples"), **kwargs)
+
+    return store.materialize(spec, {"contexts": asdict(cfg)}, {"examples": examples, **extra}, compute,
+                             force=force)
+
+
+def store_schema(table: str):
+    import schemas
+
+    return schemas.ALL[table]
+
+
+def train(store: Store, cfg: train_stage.TrainConfig, model: ModelConfig, examples: Artifact,
+          contexts_art: Artifact, negatives_art: Artifact | None, method: str, *, force: bool = False) -> Artifact:
+    inputs = {"examples": examples, "contexts": contexts_art}
+    spec = train_stage.SPEC
+    if negatives_art is not None:
+        inputs["negatives"] = negatives_art
+    else:
+        spec = replace(spec, inputs={k: v for k, v in spec.inputs.items() if k != "negatives"})
+    key = {"train": asdict(cfg), "model": fingerprint(model.path), "method": method}
+
+    def compute(ws):
+        neg = negatives_art.table("negatives") if negatives_art is not None else None
+        return train_stage.run(cfg, model, examples.table("examples"), contexts_art.table("contexts"), neg, ws,
+                               method)
+
+    return store.materialize(spec, key, inputs, compute, force=force)
+
+
 @functools.lru_cache(maxsize=2)
 def _loaded(model: ModelConfig):
     return load_model(model)
 
 
 def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfig, examples: Artifact,
-             *, method: str = "base", force: bool = False) -> Artifact:
-    """Evaluate ``model`` (labelled ``method``) on the test split of one examples artifact."""
-    key_config = {"evaluate": asdict(cfg), "model": fingerprint(model.path), "model_label": model.label,
+             *, method: str = "base", checkpoint: Artifact | None = None, force: bool = False) -> Artifact:
+    """Evaluate ``model`` (or a trained ``checkpoint`` of it, labelled ``method``) on one examples artifact."""
+    inputs = {"examples": examples}
+    spec = evaluate_stage.SPEC
+    weights = fingerprint(model.path)
+    if checkpoint is not None:
+        merged = checkpoint.file("checkpoint/merged")
+        model = replace(model, path=str(merged), name=model.label)
+        weights = f"train:{checkpoint.key}"
+        inputs["checkpoint"] = checkpoint
+        spec = replace(spec, inputs={**spec.inputs, "checkpoint": train_stage.SPEC.outputs["train_steps"]})
+    key_config = {"evaluate": asdict(cfg), "model": weights, "model_label": model.label,
                   "dtype": model.dtype, "method": method}
 
     def compute(ws):
@@ -47,4 +129,4 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
                           on_long_prompt=cfg.on_long_prompt)
         return evaluate_stage.run(cfg, examples.table("examples"), gen, ws, model.label, method)
 
-    return store.materialize(evaluate_stage.SPEC, key_config, {"examples": examples}, compute, force=force)
+    return store.materialize(spec, key_config, inputs, compute, force=force)

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_config_args(sub.add_parser("run", help="run the whole pipeline in-process (Prefect ephemeral mode)"))
     st = sub.add_parser("stage", help="run a single stage (and whatever it needs from the store)")
-    st.add_argument("stage", choices=["ingest", "evaluate"])
+    st.add_argument("stage", choices=["ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate"])
     _add_config_args(st)
     sq = sub.add_parser("sql", help="SQL over the DuckDB catalog of the store")
     sq.add_argument("query")

@@ -14,11 +14,21 @@ from pathlib import Path
 import yaml
 
 from engines.models import ModelConfig, resolve_path
+from stages.contexts import ContextsConfig
 from stages.evaluate import EvaluateConfig
+from stages.induction import InductionConfig
 from stages.ingest import REGISTRY, IngestConfig
-from unisd.configtools import ConfigError, apply_overrides, build
+from stages.negatives import NegativesConfig
+from stages.retrieval import RetrievalConfig
+from stages.train import TrainConfig
+from unisd.configtools import ConfigError, deep_merge, apply_overrides, build, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+METHOD_DIR = CONFIG_DIR / "methods"
+
+
+def method_names() -> list[str]:
+    return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,18 @@ class ExperimentConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     """How models are evaluated on each dataset's test split."""
     methods: tuple[str, ...] = ("base",)
-    """Runs to evaluate: `base` is the untouched model; training methods add their presets' names."""
+    """Runs to evaluate: `base` (the untouched model) and/or method presets from `configs/methods/`
+    (sd, unisd_star, ema, contrastive, ...), each trained with `train` overlaid by its preset."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training settings shared by every method (a method preset overrides some of them)."""
+    contexts: ContextsConfig = field(default_factory=ContextsConfig)
+    """Teacher views (privileged, auxiliary, negative); strategy and K come from each method."""
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    """Negative demonstrations for the contrastive term (built only when a method uses it)."""
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    """Nearest-neighbour donors for retrieval views (built only when a method uses them)."""
+    induction: InductionConfig = field(default_factory=InductionConfig)
+    """Induced task instructions for induction views (built only when a method uses them)."""
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -48,9 +69,27 @@ class ExperimentConfig:
         names = [d.dataset if d.dataset != "local" else (d.path or "") for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError("datasets: the same dataset is listed twice")
-        unknown = [m for m in self.methods if m != "base"]
+        known = method_names()
+        unknown = [m for m in self.methods if m != "base" and m not in known]
         if unknown:
-            raise ValueError(f"methods: unknown method {unknown[0]!r} (available: base)")
+            raise ValueError(f"methods: unknown method {unknown[0]!r} (available: base, {', '.join(known)})")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: a method is listed twice")
+        for m in self.methods:
+            if m != "base":
+                self.method_config(m)  # validate every method's merged training config up front
+
+    def method_config(self, method: str) -> TrainConfig:
+        """The training config of ``method``: `train` overlaid by `configs/methods/<method>.yaml`."""
+        path = METHOD_DIR / f"{method}.yaml"
+        try:
+            overlay = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        try:
+            return build(TrainConfig, deep_merge(to_dict(self.train), overlay), f"methods.{method}")
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     @property
     def store_path(self) -> Path:
@@ -78,14 +117,7 @@ def load_raw(path: Path, seen: tuple[str, ...] = ()) -> dict:
         return data
     if parent in seen:
         raise ConfigError(f"{path}: circular extends via {parent!r}")
-    return _merge(load_raw(preset_path(parent), seen + (parent,)), data)
-
-
-def _merge(base: dict, child: dict) -> dict:
-    out = dict(base)
-    for k, v in child.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return deep_merge(load_raw(preset_path(parent), seen + (parent,)), data)
 
 
 def load_experiment(preset: str | None = None, config: str | None = None,

@@ -213,3 +213,11 @@ def _reference_rows(cls: type, prefix: str, rows: list[str]) -> None:
         shown = yaml.safe_dump(to_dict(default), default_flow_style=True, width=10_000).strip()
         shown = shown.removesuffix("\n...").removesuffix("...").strip()
         rows.append(f"| `{key}` | `{shown}` | {docs.get(f.name, '').replace('|', '/')} |")
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    """Deep merge of plain config data; the child wins, nested mappings merge key by key."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

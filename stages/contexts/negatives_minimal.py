@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def _number(text: str) -> int | float | None:
         value = float(text)
     except ValueError:
         return None
-    return value if value == value and abs(value) != float("inf") else None
+    return value if math.isfinite(value) else None
 
 
 def math_negatives(item: dict) -> list[tuple[str, str | None, bool | None]]:

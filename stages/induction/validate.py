@@ -5,6 +5,8 @@ its demonstrations is noise at best and a leaked answer at worst. `check_instruc
 reason to reject, or None:
 
 - ``too_short`` / ``too_long``: fewer than ``min_words`` words, more than ``max_chars`` characters;
+- ``not_prose``: under 15% of its words are English function words (the, and, of, ...), as in the
+  token salad a small or broken model emits;
 - ``mentions_reference``: refers to a reference/example solution or "the examples above" - the
   context that will hold it has none (REFERENCE-UNISD §8.10);
 - ``contains_code``: a code fence, or a line copied from a demonstration's reference code;
@@ -21,9 +23,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from engines.wordnet import STOP_WORDS
 from stages.evaluate.scoring import normalise_number
 
-REASONS = ("empty", "too_short", "too_long", "mentions_reference", "contains_code", "leaks_letter",
+REASONS = ("empty", "too_short", "too_long", "not_prose", "mentions_reference", "contains_code", "leaks_letter",
            "leaks_number", "leaks_answer", "duplicate")
 
 _REFERENCE = re.compile(
@@ -40,6 +43,7 @@ _LETTER_AS_ANSWER = (
     re.compile(r"^\s*([A-Z])[.)]\s", re.M),
 )
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*(?:/\d+)?(?![\w])")
+MIN_FUNCTION_WORDS = 0.15
 _TRIVIAL_CODE = {"else:", "try:", "pass", "return", "break", "continue", "return result", "return True",
                  "return False", "return None", "return 0", "return res", "return ans"}
 
@@ -99,10 +103,13 @@ def check_instruction(text: str | None, demos: Iterable[dict[str, Any]], min_wor
     if not text or not text.strip():
         return "empty"
     demos = list(demos)
-    if len(_words(text)) < min_words:
+    words = _words(text)
+    if len(words) < min_words:
         return "too_short"
     if len(text) > max_chars:
         return "too_long"
+    if sum(w.lower() in STOP_WORDS for w in words) < MIN_FUNCTION_WORDS * len(words):
+        return "not_prose"
     if _REFERENCE.search(text):
         return "mentions_reference"
     flat = " ".join(text.split())

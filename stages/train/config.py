@@ -241,6 +241,8 @@ class TrainConfig:
     """Seeds the data order, rollouts, negative draws and adapter initialisation."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast for the forwards (accelerate); master weights stay float32."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the student's backward (non-reentrant) to save memory on large models."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """The trained adapter (or full fine-tuning)."""
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
@@ -261,8 +263,9 @@ class TrainConfig:
     """Cross-entropy on gold references."""
     checkpoint_every: int = 50
     """Steps between resumable checkpoints (the last step is always saved)."""
-    log_every: int = 1
-    """Steps between log lines, rollout samples and the KL-to-start estimate."""
+    log_every: int = 10
+    """Steps between log lines, rollout samples and the KL-to-start estimate (one extra forward of
+    θ0 on [x; y]); the last step always logs. Loss terms are recorded at every step."""
     datasets: tuple[str, ...] = ()
     """Dataset names to train on (empty = every dataset with a train split)."""
     max_train_examples: int | None = None

@@ -97,6 +97,8 @@ def setup(cfg: TrainConfig, model: ModelConfig, examples: pa.Table, contexts: pa
     items = attach_views(cfg, select_examples(cfg, examples), contexts, negatives)
     torch.manual_seed(cfg.seed)
     base, tokenizer = load_model(replace(model, dtype="float32", device=str(acc.device)), trainable=True)
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student = _wrap_lora(base, cfg.lora)
     teachers = Teachers(student, lora=cfg.lora.enabled, kind=cfg.teacher.kind, beta=cfg.teacher.beta,
                         every=cfg.teacher.every)

@@ -81,19 +81,34 @@ class Normalizers:
     """The raw completion-token count (0 when every completion was masked)."""
 
 
-def completion_hidden(model: nn.Module, packed: Packed, steps: int) -> Tensor:
-    """Final hidden states (R, T, H) at the columns predicting the T completion tokens."""
+def completion_hidden(model: nn.Module, packed: Packed, steps: int, *, bare: bool = False) -> Tensor:
+    """Final hidden states (R, T, H) at the columns predicting the T completion tokens.
+
+    `model` is a causal LM, possibly DDP- or PEFT-wrapped (the student pass goes through the wrapper
+    so DDP sees it), or with `bare=True` its decoder stack (`decoder_of`, for no-grad passes), which
+    returns only the last hidden state instead of every layer's.
+    """
     position_ids = (packed.attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=packed.ids, attention_mask=packed.attn, position_ids=position_ids,
-                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    kwargs = {"input_ids": packed.ids, "attention_mask": packed.attn, "position_ids": position_ids,
+              "use_cache": False}
     start = packed.width - 1
-    return out.hidden_states[-1][:, start:start + steps]
+    if bare:
+        hidden = model(**kwargs).last_hidden_state
+    else:
+        hidden = model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    return hidden[:, start:start + steps]
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack under a (PEFT-wrapped) causal LM; adapters injected in it stay in effect."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder()
 
 
 def _view_logps(model: nn.Module, weight: Tensor, packed: Packed, tokens: Tensor, mask: Tensor,
                 temperature: float, chunk: int) -> Tensor:
     """Sampled-token log-probs of `tokens` (R, T) under one packed view, on mask positions -> (n,)."""
-    hidden = completion_hidden(model, packed, tokens.shape[1])
+    hidden = completion_hidden(decoder_of(model), packed, tokens.shape[1], bare=True)
     return chunked_gather_logps(hidden[mask], weight, tokens[mask], temperature=temperature, chunk_size=chunk)
 
 
@@ -103,7 +118,7 @@ def score(mb: MicroBatch, teachers: Teachers, cfg: TrainConfig, with_start: bool
     tau, chunk, mask, steps = cfg.divergence.temperature, cfg.divergence.chunk_size, mb.mask, mb.tokens.shape[1]
     with teachers.teacher() as teacher:
         weight = head_weight(teacher)
-        hidden = completion_hidden(teacher, mb.teacher, steps)[mask]
+        hidden = completion_hidden(decoder_of(teacher), mb.teacher, steps, bare=True)[mask]
         out = Scores(teacher_hidden=hidden, teacher_weight=weight)
         if cfg.contrastive.weight > 0:
             out.good_logps = chunked_gather_logps(hidden, weight, mb.tokens[mask], temperature=tau, chunk_size=chunk)

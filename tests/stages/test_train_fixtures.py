@@ -7,8 +7,20 @@ the real `examples` schema.
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
+import torch
 
 import schemas
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny-model steps are dominated by thread overhead: one intra-op thread is 5-10x faster on a
+    shared 2-core machine. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _mcqa(i: int, split: str, answer: str, rationale: str | None) -> dict:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from test_train_fixtures import examples_table, single_thread  # noqa: F401 (autouse fixture)
 
 import schemas
 from engines.generation import PromptTooLong
@@ -26,17 +27,16 @@ from stages.train import (
 from stages.train.loop import fit, setup
 from stages.train.teachers import EMA, lora_ema_pairs
 from storage import Workspace
-from test_train_fixtures import examples_table
 
-BASE = TrainConfig(steps=2, batch_size=2, lr=1e-2, warmup_ratio=0.0, seed=1,
+BASE = TrainConfig(steps=2, batch_size=2, lr=1e-2, warmup_ratio=0.0, seed=1, log_every=1,
                    lora=LoraSettings(r=4, alpha=8, dropout=0.0),
                    rollout=RolloutSettings(max_new_tokens=6, temperature=1.0))
-MECHANISMS = dict(
-    agreement=AgreementSettings(level="token", num_views=2),
-    teacher=TeacherSettings(kind="ema", ema_beta=0.5, ema_every=1),
-    contrastive=ContrastiveSettings(weight=0.2, sources=("corrupt",)),
-    features=FeatureSettings(mode="joint", weight=0.5),
-)
+MECHANISMS = {
+    "agreement": AgreementSettings(level="token", num_views=2),
+    "teacher": TeacherSettings(kind="ema", ema_beta=0.5, ema_every=1),
+    "contrastive": ContrastiveSettings(weight=0.2, sources=("corrupt",)),
+    "features": FeatureSettings(mode="joint", weight=0.5),
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,9 @@ def tables():
 
 @pytest.fixture(scope="module")
 def model_cfg(tiny_model_dir):
+    import accelerate  # noqa: F401  (import once here, not inside the first timed test)
+    import peft  # noqa: F401
+
     return ModelConfig(path=str(tiny_model_dir))
 
 
@@ -210,6 +213,16 @@ def test_full_finetune_with_ema_teacher_copy(model_cfg, tables, tmp_path):
     copy = dict(run.teachers.copy.named_parameters())[name]
     assert not torch.equal(param, start)
     assert torch.allclose(copy, 0.5 * start + 0.5 * param, atol=1e-7)
+
+
+def test_gradient_checkpointing_gives_the_same_step(model_cfg, tables, tmp_path):
+    rows = []
+    for flag in (False, True):
+        cfg = dataclasses.replace(BASE, steps=1, gradient_checkpointing=flag)
+        rows.append(_train(cfg, model_cfg, tables, tmp_path / str(flag))["train_steps"].to_pylist()[0])
+    assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-6)
+    assert dict(rows[1]["metrics"])["train/grad_norm"] == pytest.approx(dict(rows[0]["metrics"])["train/grad_norm"],
+                                                                        rel=1e-4)
 
 
 def test_merged_checkpoint_matches_the_adapter_model(model_cfg, tables, tmp_path, tiny_model_dir):

@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from test_train_fixtures import examples_table, single_thread  # noqa: F401 (autouse fixture)
 
 from engines.generation import chat_ids
 from objectives import (
@@ -21,12 +22,14 @@ from objectives import (
     token_contrastive,
     token_divergence,
 )
+from objectives.divergence import topk_token_divergence
 from stages import contexts as contexts_stage
 from stages.contexts import negatives_minimal
 from stages.train import (
     AgreementSettings,
     ClipSettings,
     ContrastiveSettings,
+    DivergenceSettings,
     FeatureSettings,
     LoraSettings,
     RolloutSettings,
@@ -34,10 +37,9 @@ from stages.train import (
 )
 from stages.train.batches import BatchContext, choose_negative, completion_ids, generate, micro_batches
 from stages.train.loop import setup
-from stages.train.step import Normalizers, agreement_weights, loss_terms, score
+from stages.train.step import Normalizers, agreement_weights, divergence_values, loss_terms, score
 from stages.train.teachers import head_weight
 from storage import Workspace
-from test_train_fixtures import examples_table
 
 TAU = 0.7
 CFG = TrainConfig(
@@ -119,13 +121,36 @@ def test_loss_tokens_are_the_generated_tokens_with_eos(prepared):
         assert mb.tokens[r, mb.mask[r]].tolist() == ref["y"][r].tolist()
 
 
-def test_divergence_is_completion_only_and_honours_temperature(prepared):
+@pytest.mark.parametrize("kind,beta", [("forward_kl", None), ("reverse_kl", None), ("jsd", 0.3)])
+def test_divergence_is_completion_only_and_honours_temperature(prepared, kind, beta):
     run, _, _, mb, sc, ref = prepared
-    cfg = dataclasses.replace(CFG, agreement=AgreementSettings())
+    cfg = dataclasses.replace(CFG, agreement=AgreementSettings(),
+                              divergence=DivergenceSettings(kind=kind, beta=beta, temperature=TAU))
     _, metrics = _terms(run, mb, sc, cfg)
-    expected = _per_token(ref).mean()
+    mix = 0.5 if beta is None else beta
+
+    def per_token(temperature):
+        return torch.cat([token_divergence(s, t, kind=kind, beta=mix, temperature=temperature)
+                          for s, t in zip(ref["s_logits"], ref["t_logits"])])
+
+    expected = per_token(TAU).mean()
     assert metrics["train/loss/divergence"] == pytest.approx(float(expected), rel=1e-4)
-    assert float(_per_token(ref, 1.0).mean()) != pytest.approx(float(expected), rel=1e-3)
+    assert float(per_token(1.0).mean()) != pytest.approx(float(expected), rel=1e-3)
+
+
+def test_topk_divergence_matches_dense_values_and_gradients(prepared):
+    run, _, _, _, sc, _ = prepared
+    cfg = dataclasses.replace(CFG, divergence=DivergenceSettings(topk=5, chunk_size=4))
+    weight = head_weight(run.student).detach()
+    rows = torch.randn(sc.teacher_hidden.shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    values = divergence_values(rows, weight, sc, cfg)
+    (grad,) = torch.autograd.grad(values.sum(), rows)
+    dense_rows = rows.detach().clone().requires_grad_()
+    dense = topk_token_divergence(dense_rows @ weight.T, sc.teacher_hidden @ weight.T, k=5, temperature=TAU)
+    (dense_grad,) = torch.autograd.grad(dense.sum(), dense_rows)
+    assert torch.allclose(values, dense, atol=1e-6) and torch.allclose(grad, dense_grad, atol=1e-6)
+    exact = divergence_values(rows.detach(), weight, sc, dataclasses.replace(cfg, divergence=DivergenceSettings()))
+    assert bool((values.detach() <= exact + 1e-6).all())
 
 
 def test_contrastive_term_equals_token_contrastive(prepared):
@@ -197,7 +222,7 @@ def test_single_view_gives_unit_weights_not_nan(prepared, level):
     run, _, _, mb, sc, _ = prepared
     cfg = dataclasses.replace(CFG, agreement=AgreementSettings(level=level, num_views=1, gamma=3.0))
     one = dataclasses.replace(sc, view_logps=sc.view_logps[:1])
-    (w,), metrics = agreement_weights(cfg, [mb], [one])
+    (w,), _ = agreement_weights(cfg, [mb], [one])
     weights = w[0] if level == "token" else w[1]
     assert torch.isfinite(weights).all() and bool((weights == 1).all())
     _, terms = _terms(run, mb, sc, cfg, w)
@@ -248,7 +273,7 @@ def test_sft_term_is_cross_entropy_on_the_gold_reference(prepared):
     (mb,) = micro_batches(ctx, items, None, 1)
     norm = Normalizers(tokens=1.0, gold=float(mb.gold_mask.sum()))
     with torch.no_grad():
-        loss, terms = loss_terms(run.model, head_weight(run.student), mb, None, (None, None), cfg, norm)
+        loss, _ = loss_terms(run.model, head_weight(run.student), mb, None, (None, None), cfg, norm)
         nll, n = 0.0, 0
         for item in items:
             gold = run.tokenizer(item.reference, add_special_tokens=False)["input_ids"] + [run.tokenizer.eos_token_id]
