@@ -213,8 +213,9 @@ except BaseException as _e:
 sys.argv = [_cfg["program"]]
 _main = sys.modules["__main__"] = type(sys)("__main__")  # a fresh __main__ (pickle, doctest find it)
 _main.__file__, _main.__builtins__ = _cfg["program"], __builtins__
+import builtins as _builtins  # noqa: E402  (this prelude runs inside the confined child process)
 try:
-    exec(compile(_source, _cfg["program"], "exec"), _main.__dict__)
+    _builtins.exec(compile(_source, _cfg["program"], "exec"), _main.__dict__)
 except SystemExit:
     raise
 except BaseException as _e:

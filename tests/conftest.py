@@ -27,6 +27,12 @@ def _loopback_only(self, address):  # tests never reach the network; local serve
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
 
 
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: threading overhead dominates, and the suite runs on 2 cores
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return _dispatch(args)
+    except BrokenPipeError:  # `unisd sql … | head` closed the pipe: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished artifacts are kept and partial work resumes on the next run",
               file=sys.stderr)

@@ -100,7 +100,7 @@ def preset_path(name: str) -> Path:
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise ConfigError(f"preset {name!r} not found (known: {known})")
+        raise ConfigError(f"preset {name!r} not found (known: {known}; methods: {', '.join(method_names())})")
     return path
 
 
@@ -120,15 +120,27 @@ def load_raw(path: Path, seen: tuple[str, ...] = ()) -> dict:
     return deep_merge(load_raw(preset_path(parent), seen + (parent,)), data)
 
 
+METHOD_PRESET_BASE = "distill"
+
+
 def load_experiment(preset: str | None = None, config: str | None = None,
                     overrides: list[str] | tuple[str, ...] = (), check_model: bool = True) -> ExperimentConfig:
-    """Build and validate an experiment from a preset name or a YAML path, plus dotted overrides."""
+    """Build and validate an experiment from a preset name or a YAML path, plus dotted overrides.
+
+    A method name (a file in `configs/methods/`) is also a preset: the `distill` experiment with
+    ``methods: [base, <method>]``."""
     if preset and config:
         raise ConfigError("give either a preset or a config file, not both")
-    path = Path(config) if config else preset_path(preset or "default")
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    raw = apply_overrides(load_raw(path), list(overrides))
+    name = preset or "default"
+    if not config and not (CONFIG_DIR / f"{name}.yaml").exists() and name in method_names():
+        raw = load_raw(preset_path(METHOD_PRESET_BASE))
+        raw.update(name=name, methods=["base", name])
+    else:
+        path = Path(config) if config else preset_path(name)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        raw = load_raw(path)
+    raw = apply_overrides(raw, list(overrides))
     exp = build(ExperimentConfig, raw)
     if check_model:
         try:

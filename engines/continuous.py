@@ -1,0 +1,367 @@
+"""Continuous-batching generation: a drop-in `Generator` that keeps ``batch_size`` rows decoding.
+
+`HFGenerator` runs ``model.generate`` on static batches, so a batch lasts as long as its longest row;
+on code prompts most steps then run with one or two live rows. Here a row leaves the batch as soon as
+it ends (EOS, ``stop`` regex, ``max_new_tokens``) and the next pending prompt takes its slot.
+
+Layout: each layer's keys/values live in one buffer (slots, kv_heads, capacity, head_dim). All slots
+share the column window ``[start, end)``; a 2-D attention mask says which columns are real for each
+slot (a prompt is right-aligned at the column where it joins, i.e. left padded) and positions are kept
+per slot, so RoPE sees every row as in an unpadded run. Masked columns add exactly zero to attention,
+so greedy outputs equal `HFGenerator`'s up to floating-point reduction order. New prompts are
+prefilled together (left padded, only the last position goes through the LM head) and copied into free
+slots; a freed slot is reused in place, compacted away when nothing is pending, and leading columns
+that are padding for every live slot are dropped by moving ``start``. Pending prompts are taken longest
+first, so a joining prompt always fits left of ``end`` without moving the buffers.
+
+Sampling draws one uniform number per row and step from a generator seeded by (seed, prompt index), so
+a prompt's sampled completion depends neither on its batch neighbours nor on ``batch_size``.
+Supported: decoder-only models with full attention everywhere (Llama, SmolLM2, Qwen2 without sliding
+window, ...); sliding-window or linear-attention layers would need their own slot bookkeeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from engines.generation import Completion, HFGenerator, PromptStats, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+SPARE_COLUMNS = 64
+"""Free columns added right of ``end`` whenever the slot buffers are (re)allocated."""
+
+
+@dataclass
+class _Window:
+    """Columns ``[start, end)`` of the slot buffers holding cached tokens; shared by every layer."""
+
+    start: int = 0
+    end: int = 0
+
+
+class _SlotLayer(CacheLayerMixin):
+    """One layer's cache for the model's forward: writes new keys/values at column ``end``.
+
+    The window moves only after the whole forward pass, so every layer writes the same columns and
+    returns the same live range ``[start, end + n)``.
+    """
+
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, window: _Window):
+        super().__init__()
+        self.keys, self.values, self.window = keys, values, window  # (S, H, C, D) each
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass  # buffers are allocated by `_Slots`
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        start, end, n = self.window.start, self.window.end, key_states.shape[-2]
+        self.keys[:, :, end:end + n] = key_states
+        self.values[:, :, end:end + n] = value_states
+        return self.keys[:, :, start:end + n], self.values[:, :, start:end + n]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.window.end - self.window.start
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+@dataclass
+class _Prefill:
+    """Caches and next-token logits of prompts run together with left padding."""
+
+    keys: list[torch.Tensor]  # per layer (k, H, W, D)
+    values: list[torch.Tensor]  # per layer (k, H, W, D)
+    lengths: list[int]
+    logits: torch.Tensor  # (k, V) float32
+
+    @property
+    def width(self) -> int:
+        return self.keys[0].shape[2]
+
+
+def prefill(model, batch: list[list[int]], pad_id: int, device: torch.device) -> _Prefill:
+    """One forward over left-padded prompts; positions count real tokens only (as ``generate`` does)."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, ids in enumerate(batch):
+        input_ids[r, width - len(ids):] = torch.tensor(ids)
+        attention_mask[r, width - len(ids):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                position_ids=position_ids.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return _Prefill([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                    [len(ids) for ids in batch], out.logits[:, -1].float())
+
+
+@dataclass
+class _Row:
+    index: int
+    """Position of the prompt in the caller's list."""
+    prompt_tokens: int
+    rng: torch.Generator | None
+    token_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    seconds: float = 0.0
+
+
+class _Slots:
+    """The live decode batch: slot buffers per layer, attention mask, positions, last tokens, rows."""
+
+    def __init__(self, like: _Prefill, device: torch.device):
+        self.device = device
+        shape = [(0, k.shape[1], 0, k.shape[3]) for k in like.keys]
+        self.keys = [like.keys[0].new_zeros(s) for s in shape]
+        self.values = [like.values[0].new_zeros(s) for s in shape]
+        self.mask = torch.zeros((0, 0), dtype=torch.bool, device=device)  # (S, C)
+        self.positions = torch.zeros(0, dtype=torch.long, device=device)  # (S,) next position per slot
+        self.tokens = torch.zeros(0, dtype=torch.long, device=device)  # (S,) last sampled token per slot
+        self.rows: list[_Row | None] = []
+        self.window = _Window()
+        self.cache = Cache(layers=[])
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def live(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+    def relayout(self, keep: list[int], extra: int, lead: int) -> None:
+        """New buffers holding slots ``keep`` plus ``extra`` empty ones, with ``end >= lead``."""
+        start, end = self.window.start, self.window.end
+        width = end - start
+        off = max(lead - width, 0)
+        cap, n = off + width + SPARE_COLUMNS, len(keep)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+
+        def move(old: torch.Tensor) -> torch.Tensor:  # (S, H, C, D) -> (n + extra, H, cap, D)
+            new = old.new_zeros((n + extra, old.shape[1], cap, old.shape[3]))
+            new[:n, :, off:off + width] = old[:, :, start:end].index_select(0, idx)
+            return new
+
+        self.keys = [move(k) for k in self.keys]
+        self.values = [move(v) for v in self.values]
+        mask = torch.zeros((n + extra, cap), dtype=torch.bool, device=self.device)
+        mask[:n, off:off + width] = self.mask[:, start:end].index_select(0, idx)
+        self.mask = mask
+        self.positions = torch.cat([self.positions.index_select(0, idx), self.positions.new_zeros(extra)])
+        self.tokens = torch.cat([self.tokens.index_select(0, idx), self.tokens.new_zeros(extra)])
+        self.rows = [self.rows[i] for i in keep] + [None] * extra
+        self.window = _Window(off, off + width)
+        self.cache = Cache(layers=[_SlotLayer(k, v, self.window) for k, v in zip(self.keys, self.values)])
+
+    def admit(self, pf: _Prefill, picks: list[int], rows: list[_Row], tokens: list[int]) -> None:
+        """Copy prefilled rows ``picks`` into free slots, right-aligned at column ``end``."""
+        free = [s for s, r in enumerate(self.rows) if r is None]
+        lead = max(pf.lengths[j] for j in picks)
+        if len(picks) > len(free) or lead > self.window.end:
+            self.relayout(list(range(self.size)), max(len(picks) - len(free), 0), lead)
+            free = [s for s, r in enumerate(self.rows) if r is None]
+        end, width = self.window.end, pf.width
+        for slot, j, row, token in zip(free, picks, rows, tokens):
+            n = pf.lengths[j]
+            for k, v, pk, pv in zip(self.keys, self.values, pf.keys, pf.values):
+                k[slot, :, end - n:end] = pk[j, :, width - n:]
+                v[slot, :, end - n:end] = pv[j, :, width - n:]
+            self.mask[slot] = False
+            self.mask[slot, end - n:end] = True
+            self.positions[slot], self.tokens[slot], self.rows[slot] = n, token, row
+            self.window.start = min(self.window.start, end - n)
+        self.trim()
+
+    def release(self, slots: list[int]) -> None:
+        for s in slots:
+            self.rows[s] = None
+            self.mask[s] = False
+
+    def compact(self) -> None:
+        """Drop empty slots (nothing pending will reuse them)."""
+        self.relayout([s for s, r in enumerate(self.rows) if r is not None], 0, 0)
+        self.trim()
+
+    def trim(self) -> None:
+        """Move ``start`` past leading columns that are padding for every slot."""
+        used = self.mask[:, self.window.start:self.window.end].any(0)
+        if used.any():
+            self.window.start += int(used.int().argmax())
+
+    def step(self, model) -> torch.Tensor:
+        """Feed every slot's last token; returns next-token logits (S, V) in float32."""
+        if self.window.end >= self.mask.shape[1]:
+            self.relayout(list(range(self.size)), 0, 0)
+        start, end = self.window.start, self.window.end
+        self.mask[:, end] = True
+        out = model(input_ids=self.tokens[:, None], attention_mask=self.mask[:, start:end + 1],
+                    position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True,
+                    logits_to_keep=1)
+        self.window.end += 1
+        self.positions += 1
+        return out.logits[:, -1].float()
+
+
+def row_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator for one prompt, independent of batch composition."""
+    digest = hashlib.sha256(f"unisd-sampling:{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def sample_tokens(logits: torch.Tensor, rngs: Sequence[torch.Generator | None],
+                  temperature: float, top_p: float) -> list[int]:
+    """Greedy (temperature 0) or nucleus sampling of one token per row of ``logits`` (S, V).
+
+    Sampling inverts the CDF of the (top-p truncated) distribution at one uniform draw per row, so each
+    row consumes exactly one number of its own generator per token.
+    """
+    if temperature == 0:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits / temperature, dim=-1)  # (S, V)
+    order = None
+    if top_p < 1:
+        probs, order = probs.sort(dim=-1, descending=True)
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p)  # keep tokens whose preceding mass < top_p
+    cdf = probs.double().cumsum(-1)  # (S, V)
+    u = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in rngs],
+                     dtype=torch.float64, device=logits.device)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)  # (S,)
+    last_nonzero = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)  # rounding guard
+    pick = torch.minimum(pick, last_nonzero)
+    if order is not None:
+        pick = order.gather(1, pick[:, None]).squeeze(1)
+    return pick.tolist()
+
+
+@dataclass
+class ContinuousGenerator:
+    """Same fields and `generate` semantics as `HFGenerator`, with rows joining as others finish.
+
+    ``Completion.seconds`` is the row's share of wall time: its prefill divided by the prompts prefilled
+    with it, plus each decode step divided by the rows live in that step (they sum to the total).
+    """
+
+    model: object
+    tokenizer: object
+    batch_size: int = 16
+    max_prompt_tokens: int = 2048
+    on_long_prompt: Literal["error", "truncate_left"] = "error"
+    system: str | None = None
+    stats: PromptStats = field(default_factory=PromptStats)
+
+    encode = HFGenerator.encode  # same chat template, length check and counted left truncation
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingConfig,
+                 progress: Callable[[int], None] | None = None) -> list[Completion]:
+        encoded = self.encode(prompts)
+        run = _Run(self, encoded, sampling, progress)
+        with torch.inference_mode():
+            return run.loop()
+
+
+class _Run:
+    """State of one `generate` call: pending prompts (longest first), live slots, results."""
+
+    def __init__(self, gen: ContinuousGenerator, encoded: list[list[int]], sampling: SamplingConfig,
+                 progress: Callable[[int], None] | None):
+        self.model, self.tokenizer, self.batch_size = gen.model, gen.tokenizer, gen.batch_size
+        self.encoded, self.sampling, self.progress = encoded, sampling, progress
+        self.stop = re.compile(sampling.stop) if sampling.stop else None
+        self.eos = gen.tokenizer.eos_token_id
+        pad = gen.tokenizer.pad_token_id
+        self.pad = self.eos if pad is None else pad
+        self.device = next(gen.model.parameters()).device
+        self.pending = deque(sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i)))
+        self.results: list[Completion | None] = [None] * len(encoded)
+        self.slots: _Slots | None = None
+
+    def loop(self) -> list[Completion]:
+        while self.pending or (self.slots is not None and self.slots.size):
+            self.refill()
+            if self.slots is None or not self.slots.size:
+                continue
+            t0 = time.perf_counter()
+            logits = self.slots.step(self.model)
+            rows: list[_Row] = self.slots.rows  # type: ignore[assignment]  # no empty slot after refill
+            tokens = sample_tokens(logits, [r.rng for r in rows], self.sampling.temperature, self.sampling.top_p)
+            share = (time.perf_counter() - t0) / len(rows)
+            done = []
+            for s, (row, token) in enumerate(zip(rows, tokens)):
+                row.seconds += share
+                if self.advance(row, token):
+                    done.append(s)
+            self.slots.tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
+            self.report([rows[s] for s in done])
+            self.slots.release(done)
+        return self.results  # type: ignore[return-value]
+
+    def refill(self) -> None:
+        """Fill free slots from the pending prompts; drop slots nothing will fill."""
+        while self.pending:
+            live = self.slots.live if self.slots is not None else 0
+            want = min(self.batch_size - live, len(self.pending))
+            if want <= 0:
+                break
+            self.join([self.pending.popleft() for _ in range(want)])
+        if self.slots is not None and self.slots.live < self.slots.size:
+            self.slots.compact()
+
+    def join(self, indices: list[int]) -> None:
+        """Prefill prompts ``indices`` together, take their first token, admit those still running."""
+        t0 = time.perf_counter()
+        pf = prefill(self.model, [self.encoded[i] for i in indices], self.pad, self.device)
+        rng = self.sampling.temperature > 0
+        rows = [_Row(i, len(self.encoded[i]), row_generator(self.sampling.seed, i) if rng else None)
+                for i in indices]
+        tokens = sample_tokens(pf.logits, [r.rng for r in rows], self.sampling.temperature, self.sampling.top_p)
+        picks = [j for j, (row, token) in enumerate(zip(rows, tokens)) if not self.advance(row, token)]
+        if picks:
+            if self.slots is None:
+                self.slots = _Slots(pf, self.device)
+            self.slots.admit(pf, picks, [rows[j] for j in picks], [tokens[j] for j in picks])
+        share = (time.perf_counter() - t0) / len(rows)
+        for row in rows:
+            row.seconds += share
+        self.report([rows[j] for j in range(len(rows)) if j not in set(picks)])
+
+    def advance(self, row: _Row, token: int) -> bool:
+        """Append ``token`` to ``row``; True when the row has ended (EOS, stop regex, length limit)."""
+        if token == self.eos:
+            row.finished = True
+            return True
+        row.token_ids.append(token)
+        if self.stop is not None and self.stop.search(self.tokenizer.decode(row.token_ids, skip_special_tokens=True)):
+            row.finished = True
+            return True
+        return len(row.token_ids) >= self.sampling.max_new_tokens
+
+    def report(self, rows: list[_Row]) -> None:
+        for row in rows:
+            text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+            self.results[row.index] = Completion(text, row.token_ids, row.prompt_tokens, row.finished, row.seconds)
+        if rows and self.progress:
+            self.progress(len(rows))
