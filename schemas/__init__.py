@@ -144,6 +144,7 @@ TRAIN_STEPS = TableSchema(
     pa.schema([
         _f("step", pa.int64(), False),
         _f("method", S, False),
+        _f("dataset", S),  # the dataset trained on (filled by the pipeline)
         _f("metrics", pa.map_(S, pa.float64())),
         _f("loss", pa.float64(), False),
         _f("lr", pa.float64(), False),
@@ -158,6 +159,8 @@ ROLLOUTS = TableSchema(
     "rollouts",
     pa.schema([
         _f("step", pa.int64(), False),
+        _f("method", S),
+        _f("dataset", S),
         _f("id", S, False),
         _f("completion", S, False),
         _f("num_tokens", pa.int32(), False),

@@ -97,10 +97,25 @@ def train(store: Store, cfg: train_stage.TrainConfig, model: ModelConfig, exampl
 
     def compute(ws):
         neg = negatives_art.table("negatives") if negatives_art is not None else None
-        return train_stage.run(cfg, model, examples.table("examples"), contexts_art.table("contexts"), neg, ws,
-                               method)
+        table = examples.table("examples")
+        out = train_stage.run(cfg, model, table, contexts_art.table("contexts"), neg, ws, method)
+        dataset = ",".join(sorted(set(table.column("dataset").to_pylist())))
+        return {name: _with_columns(t, method=method, dataset=dataset) for name, t in out.items()}
 
     return store.materialize(spec, key, inputs, compute, force=force)
+
+
+def _with_columns(table, **values):
+    """Set constant columns (e.g. the dataset a run trained on) on a stage's output table."""
+    import pyarrow as pa
+
+    for name, value in values.items():
+        col = pa.array([value] * table.num_rows, pa.string())
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, col)
+        else:
+            table = table.append_column(name, col)
+    return table
 
 
 @functools.lru_cache(maxsize=2)
