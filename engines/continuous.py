@@ -132,9 +132,8 @@ class _Slots:
 
     def __init__(self, like: _Prefill, device: torch.device):
         self.device = device
-        shape = [(0, k.shape[1], 0, k.shape[3]) for k in like.keys]
-        self.keys = [like.keys[0].new_zeros(s) for s in shape]
-        self.values = [like.values[0].new_zeros(s) for s in shape]
+        self.keys = [k.new_zeros((0, k.shape[1], 0, k.shape[3])) for k in like.keys]  # (S, H, C, D)
+        self.values = [v.new_zeros((0, v.shape[1], 0, v.shape[3])) for v in like.values]
         self.mask = torch.zeros((0, 0), dtype=torch.bool, device=device)  # (S, C)
         self.positions = torch.zeros(0, dtype=torch.long, device=device)  # (S,) next position per slot
         self.tokens = torch.zeros(0, dtype=torch.long, device=device)  # (S,) last sampled token per slot
@@ -313,7 +312,7 @@ class _Run:
                     done.append(s)
             self.slots.tokens = torch.tensor(tokens, dtype=torch.long, device=self.device)
             self.report([rows[s] for s in done])
-            pass
+            self.slots.release(done)
         return self.results  # type: ignore[return-value]
 
     def refill(self) -> None:
@@ -343,7 +342,7 @@ class _Run:
         share = (time.perf_counter() - t0) / len(rows)
         for row in rows:
             row.seconds += share
-        self.report([rows[j] for j in range(len(rows)) if j not in set(picks)])
+        self.report([row for j, row in enumerate(rows) if j not in picks])
 
     def advance(self, row: _Row, token: int) -> bool:
         """Append ``token`` to ``row``; True when the row has ended (EOS, stop regex, length limit)."""

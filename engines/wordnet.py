@@ -28,18 +28,24 @@ log = logging.getLogger(__name__)
 
 SwapKind = Literal["synonym", "antonym", "hypernym"]
 
-STOP_WORDS = frozenset("""
-a about above after again against all also am an and any are aren't as at be because been before being
-below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down
-during each either else ever few for from further had hadn't has hasn't have haven't having he her here
-hers herself him himself his how however i if in into is isn't it it's its itself just least less let
-many may me might more most must mustn't my myself neither never no nor not now of off on once only or
-other ought our ours ourselves out over own per rather same shall shan't she should shouldn't since so
-some such than that that's the their theirs them themselves then there these they this those though
-through thus to too under until up upon us very was wasn't we were weren't what when where whether which
-while who whom whose why will with within without won't would wouldn't yet you your yours yourself
-yourselves answer option options question reasoning therefore hence true false yes
-""".split())
+STOP_WORDS = frozenset((
+    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are",
+    "aren't", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but",
+    "by", "can", "can't", "cannot", "could", "couldn't", "did", "didn't", "do", "does", "doesn't", "doing",
+    "don't", "down", "during", "each", "either", "else", "ever", "few", "for", "from", "further", "had",
+    "hadn't", "has", "hasn't", "have", "haven't", "having", "he", "her", "here", "hers", "herself", "him",
+    "himself", "his", "how", "however", "i", "if", "in", "into", "is", "isn't", "it", "it's", "its",
+    "itself", "just", "least", "less", "let", "many", "may", "me", "might", "more", "most", "must",
+    "mustn't", "my", "myself", "neither", "never", "no", "nor", "not", "now", "of", "off", "on", "once",
+    "only", "or", "other", "ought", "our", "ours", "ourselves", "out", "over", "own", "per", "rather",
+    "same", "shall", "shan't", "she", "should", "shouldn't", "since", "so", "some", "such", "than", "that",
+    "that's", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this",
+    "those", "though", "through", "thus", "to", "too", "under", "until", "up", "upon", "us", "very", "was",
+    "wasn't", "we", "were", "weren't", "what", "when", "where", "whether", "which", "while", "who", "whom",
+    "whose", "why", "will", "with", "within", "without", "won't", "would", "wouldn't", "yet", "you", "your",
+    "yours", "yourself", "yourselves", "answer", "option", "options", "question", "reasoning", "therefore",
+    "hence", "true", "false", "yes"
+))
 """Function words, negations and the words that carry the answer format; never swapped."""
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")

@@ -1,9 +1,11 @@
 """LLM access shared by the induction and negatives stages: backend config, backoff, JSON parsing.
 
-Both stages ask a model for structured output (a JSON object) through any `engines.generation.Generator`:
-the local HF model by default, or an OpenAI-compatible endpoint. Small models wrap JSON in prose or code
-fences, use single quotes, leave trailing commas or stop mid-object, so `parse_json_object` recovers
-what it can and the callers fall back to plain-text patterns before counting a failure.
+Both stages talk to a model through any `engines.generation.Generator`: the local HF model by default,
+or an OpenAI-compatible endpoint (`GeneratorConfig`, `build_generator`), with generation errors retried
+with exponential backoff (`generate_with_backoff`). Negatives ask for a JSON object; small models wrap
+it in prose or code fences, use single quotes, leave trailing commas or stop mid-object, so
+`parse_json_object` recovers what it can and the callers fall back to plain-text patterns before
+counting a failure.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def generate_with_backoff(generator: Generator, prompts: Sequence[str], sampling
     raise AssertionError("unreachable")
 
 
-_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)(?:```|\Z)", re.S)
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 
@@ -170,7 +172,7 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 
 def string_field(text: str, key: str) -> str | None:
     """The value of ``"key": "..."`` in possibly broken JSON (a cut-off string is taken to its end)."""
-    m = re.search(rf"[\"']{re.escape(key)}[\"']\s*:\s*\"((?:[^\"\\]|\\.)*)(\"|\Z)", text, re.S)
+    m = re.search(rf"[\"']{re.escape(key)}[\"']\s*:\s*\"((?:[^\"\\]|\\.)*)(\"|\Z)", text, re.DOTALL)
     if not m:
         return None
     try:

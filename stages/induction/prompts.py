@@ -1,8 +1,9 @@
 """Meta-prompts for instruction induction and the parser of the model's reply.
 
 A meta-prompt shows D solved training demonstrations and asks for ONE general instruction (3-4
-sentences) that would help solve any new problem of the same task, as a JSON object
-``{"instruction": "..."}``. The instruction is later placed in an auxiliary teacher context that has
+sentences) that would help solve any new problem of the same task, as plain text after an
+"Instruction:" cue (small models answer a JSON request with malformed objects far more often than
+with prose; a JSON reply ``{"instruction": "..."}`` is still understood). The instruction is later placed in an auxiliary teacher context that has
 no reference solution, so the meta-prompt forbids mentioning examples, answers, option letters,
 numbers, code and any "reference solution" (REFERENCE-UNISD §8.10).
 """
@@ -56,13 +57,12 @@ def meta_prompt(family: str, demos: list[dict[str, Any]], max_demo_chars: int) -
         "Write ONE general instruction, 3 to 4 sentences, that tells a solver how to approach ANY new "
         "problem of this task: what to pay attention to, how to reason, and how to present the final "
         "answer. Keep it general: do not mention these examples, their answers, option letters, numbers, "
-        "names or code, and do not refer to any reference or example solution.\n\n"
-        'Reply with only a JSON object: {"instruction": "<the instruction>"}'
+        "names or code, and do not refer to any reference or example solution.\n\nInstruction:"
     )
     return prompt, clipped
 
 
-_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:general\s+)?instruction\s*:\s*", re.I | re.M)
+_LABEL = re.compile(r"^\s*(?:#+\s*)?(?:general\s+)?instruction\s*:\s*", re.IGNORECASE | re.MULTILINE)
 
 
 def parse_instruction(text: str) -> str | None:

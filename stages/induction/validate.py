@@ -10,6 +10,8 @@ reason to reject, or None:
 - ``mentions_reference``: refers to a reference/example solution or "the examples above" - the
   context that will hold it has none (REFERENCE-UNISD §8.10);
 - ``contains_code``: a code fence, or a line copied from a demonstration's reference code;
+- ``copies_demo``: five or more consecutive words of one demonstration's problem that the other
+  demonstrations do not share (shared runs are the dataset's prompt template, fine to repeat);
 - ``leaks_letter``: an option letter stated as an answer ("the answer is B", "option (C)");
 - ``leaks_number``: a number that is a demonstration's final answer;
 - ``leaks_answer``: a demonstration's answer text (the gold option's text, the function name, a tool
@@ -26,8 +28,8 @@ from typing import Any
 from engines.wordnet import STOP_WORDS
 from stages.evaluate.scoring import normalise_number
 
-REASONS = ("empty", "too_short", "too_long", "not_prose", "mentions_reference", "contains_code", "leaks_letter",
-           "leaks_number", "leaks_answer", "duplicate")
+REASONS = ("empty", "too_short", "too_long", "not_prose", "mentions_reference", "contains_code", "copies_demo",
+           "leaks_letter", "leaks_number", "leaks_answer", "duplicate")
 
 _REFERENCE = re.compile(
     r"\b(?:reference|model|sample|example|provided|given|gold|above)\s+(?:solution|answer|code|response)s?\b"
@@ -35,12 +37,12 @@ _REFERENCE = re.compile(
     r"|\b(?:examples?|demonstrations?|solutions?)\s+(?:above|below|provided|given|shown)\b"
     r"|\b(?:above|previous|these|those)\s+(?:examples?|demonstrations?)\b"
     r"|\bexample\s*#?\d",
-    re.I)
+    re.IGNORECASE)
 _LETTER_AS_ANSWER = (
     re.compile(r"\b(?i:answer|option|choice|letter)\s*(?i:is|would\s+be|should\s+be|:|=)?\s*\(?([A-Z])\)?"
                r"(?![\w<])"),
     re.compile(r"(?<![\w<])\(([A-Z])\)(?!\w)"),
-    re.compile(r"^\s*([A-Z])[.)]\s", re.M),
+    re.compile(r"^\s*([A-Z])[.)]\s", re.MULTILINE),
 )
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)*(?:/\d+)?(?![\w])")
 MIN_FUNCTION_WORDS = 0.15
@@ -90,6 +92,22 @@ def code_lines(example: dict[str, Any]) -> list[str]:
     return [ln for ln in lines if len(ln) >= 12 and ln not in _TRIVIAL_CODE and not ln.startswith("#")]
 
 
+COPY_WORDS = 5
+
+
+def _ngrams(text: str, n: int = COPY_WORDS) -> set[tuple[str, ...]]:
+    words = [w.lower() for w in _words(text)]
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def _copies_demo(text: str, demos: list[dict[str, Any]]) -> bool:
+    """A run of COPY_WORDS words from one demonstration's problem that is not template text."""
+    grams = [_ngrams(d.get("prompt") or "") for d in demos]
+    shared = set.intersection(*grams) if len(grams) > 1 else set()
+    mine = _ngrams(text)
+    return any(mine & (g - shared) for g in grams)
+
+
 def _letter_answer(text: str, demos: list[dict[str, Any]]) -> bool:
     """An option letter of the demonstrations' range (A-D for 4 options) stated as an answer."""
     n = max((len(d.get("options") or []) for d in demos if d["family"] == "mcqa"), default=0)
@@ -115,6 +133,8 @@ def check_instruction(text: str | None, demos: Iterable[dict[str, Any]], min_wor
     flat = " ".join(text.split())
     if "```" in text or any(line in flat for d in demos for line in code_lines(d)):
         return "contains_code"
+    if _copies_demo(text, demos):
+        return "copies_demo"
     if _letter_answer(text, demos):
         return "leaks_letter"
     numbers = set().union(*(answer_numbers(d) for d in demos)) if demos else set()

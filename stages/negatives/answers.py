@@ -21,11 +21,24 @@ from stages.evaluate.scoring import extract_number, normalise_number
 from stages.ingest.formats import LETTERS
 from stages.ingest.formats import reference as format_reasoned
 
-__all__ = ["distractors", "drop_sentence", "format_reasoned", "negate_claim", "reasoning_of",
-           "react_text", "reference_thoughts", "replace_number", "sentences", "stable_int",
-           "target_letters", "tool_actions", "tool_steps", "wrong_numbers"]
+__all__ = [
+    "distractors",
+    "drop_sentence",
+    "format_reasoned",
+    "negate_claim",
+    "react_text",
+    "reasoning_of",
+    "reference_thoughts",
+    "replace_number",
+    "sentences",
+    "stable_int",
+    "target_letters",
+    "tool_actions",
+    "tool_steps",
+    "wrong_numbers",
+]
 
-_REASONING = re.compile(r"^\s*Reasoning:\s*(.*?)\n\s*Answer:", re.S)
+_REASONING = re.compile(r"^\s*Reasoning:\s*(.*?)\n\s*Answer:", re.DOTALL)
 
 
 def stable_int(*parts: Any) -> int:
@@ -134,7 +147,7 @@ def negate_claim(text: str, rng: random.Random) -> str | None:
     """``text`` with one claim negated ("is" -> "is not", "cannot" -> "can", "increases" -> "decreases")."""
     sites = []
     for pattern, repl in _NEGATIONS:
-        for m in re.finditer(pattern, text, re.I):
+        for m in re.finditer(pattern, text, re.IGNORECASE):
             sites.append((m, repl))
     if not sites:
         return None
@@ -147,7 +160,7 @@ def negate_claim(text: str, rng: random.Random) -> str | None:
 
 # --- tool use ------------------------------------------------------------------------------------
 
-_ONE_OF = re.compile(r"should be one of \[([^\]]*)\]", re.I)
+_ONE_OF = re.compile(r"should be one of \[([^\]]*)\]", re.IGNORECASE)
 
 
 def tool_steps(example: dict[str, Any]) -> list[dict[str, Any]]:
@@ -166,7 +179,7 @@ def tool_actions(example: dict[str, Any]) -> list[str]:
     if m:
         return [a.strip() for a in m[1].split(",") if a.strip()]
     head = prompt.split("Use the following format", 1)[0]
-    return re.findall(r"^([A-Za-z_][\w.]*):\s", head, re.M)
+    return re.findall(r"^([A-Za-z_][\w.]*):\s", head, re.MULTILINE)
 
 
 def _show(value: Any) -> str:

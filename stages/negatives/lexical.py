@@ -18,9 +18,9 @@ from typing import Any
 from engines.wordnet import SwapKind, Transformation, make_swaps
 from stages.negatives.answers import (
     format_reasoned,
+    react_text,
     reasoning_of,
     reference_thoughts,
-    react_text,
     replace_number,
     stable_int,
     target_letters,

@@ -8,7 +8,8 @@ One prompt per (item, slot), asking for a JSON object (REFERENCE-UNISD §3.3, wi
 - code: the gold function rewritten with one subtle bug of a given kind (off-by-one, wrong operator,
   missing edge case, wrong return value), asked for as JSON (the reference asked for raw code inside a
   JSON schema, and its prompt had a stray line);
-- tool use: a wrong tool, or the right tool with wrong arguments.
+- tool use: a wrong tool, or the right tool with wrong arguments;
+- free text: none (a wrong free-text answer cannot be verified, so the other sources cover it).
 
 `parse_reply` turns a reply into a negative in the item's reference layout, or None when nothing usable
 came back (the caller regenerates). Parsing is lenient (`stages.induction.llm.parse_json_object`) and

@@ -43,7 +43,10 @@ def eos_tok(sharp_lm):
     model, tok = sharp_lm
     outs = HFGenerator(model, tok, batch_size=4).generate(PROMPTS, SamplingConfig(max_new_tokens=12))
     counts = collections.Counter(t for c in outs for t in set(c.token_ids[:10]))
-    eos_id = counts.most_common(1)[0][0]
+    return _with_eos(tok, counts.most_common(1)[0][0])
+
+
+def _with_eos(tok, eos_id: int):
     tok2 = copy.deepcopy(tok)
     tok2.eos_token = tok2.convert_ids_to_tokens(eos_id)
     assert tok2.eos_token_id == eos_id != tok2.pad_token_id
@@ -55,12 +58,13 @@ def _same(a, b) -> list[bool]:
             for x, y in zip(a, b)]
 
 
-@pytest.mark.parametrize("max_new_tokens", [6, 12])
+@pytest.mark.parametrize("max_new_tokens", [1, 6, 12])
 def test_greedy_equals_hf_generator_for_every_batch_size(sharp_lm, eos_tok, max_new_tokens):
     model, _ = sharp_lm
     sampling = SamplingConfig(max_new_tokens=max_new_tokens)
     ref = HFGenerator(model, eos_tok, batch_size=3).generate(PROMPTS, sampling)
-    assert len({len(c.token_ids) for c in ref}) > 1 and any(c.finished for c in ref)  # rows end at different steps
+    if max_new_tokens > 1:  # rows end at different steps, some at their first token
+        assert len({len(c.token_ids) for c in ref}) > 2 and any(c.finished for c in ref)
     for batch_size in (1, 2, 3):
         out = ContinuousGenerator(model, eos_tok, batch_size=batch_size).generate(PROMPTS, sampling)
         assert all(_same(ref, out)), batch_size
@@ -78,6 +82,17 @@ def test_cache_regrowth_keeps_greedy_tokens(sharp_lm):
     sampling = SamplingConfig(max_new_tokens=90)
     ref = HFGenerator(model, tok, batch_size=3).generate(PROMPTS[:3], sampling)
     assert all(_same(ref, ContinuousGenerator(model, tok, batch_size=2).generate(PROMPTS[:3], sampling)))
+
+
+def test_rows_ending_at_their_first_token_never_take_a_slot(sharp_lm):
+    model, tok = sharp_lm
+    sampling = SamplingConfig(max_new_tokens=8)
+    first = ContinuousGenerator(model, tok, batch_size=3).generate(PROMPTS, sampling)[2].token_ids[0]
+    eos = _with_eos(tok, first)
+    ref = HFGenerator(model, eos, batch_size=3).generate(PROMPTS, sampling)
+    out = ContinuousGenerator(model, eos, batch_size=2).generate(PROMPTS, sampling)
+    assert all(_same(ref, out))
+    assert out[2].token_ids == [] and out[2].finished and any(len(c.token_ids) == 8 for c in out)
 
 
 def test_eos_ends_rows_and_finished_flags(sharp_lm, eos_tok):

@@ -128,13 +128,13 @@ def test_embedded_model_returns_accepted_instructions_and_negatives(tmp_path):
     model_dir = assets.embedded_model_path()
     proc, url = start_server(model_dir)
     try:
-        gcfg = GeneratorConfig(backend="openai", base_url=url, model=str(model_dir), max_new_tokens=160,
-                               api_key_env="UNISD_TEST_NO_KEY")
-        gen = OpenAIGenerator(base_url=url, model=str(model_dir), api_key_env="UNISD_TEST_NO_KEY")
-        cfg = InductionConfig(num_instructions=2, num_demos=2, max_attempts=3, generator=gcfg)
+        gcfg = GeneratorConfig(backend="openai", base_url=url, model=str(model_dir), max_new_tokens=96,
+                               api_key_env="UNISD_TEST_NO_KEY", timeout_s=900)
+        gen = OpenAIGenerator(base_url=url, model=str(model_dir), api_key_env="UNISD_TEST_NO_KEY", timeout_s=900)
+        cfg = InductionConfig(num_instructions=2, num_demos=2, max_attempts=4, generator=gcfg)
         out = induction.run(cfg, examples(), gen)["instructions"]
         assert out.num_rows >= 1 and all(t.strip() for t in out.column("text").to_pylist())
-        ncfg = NegativesConfig(llm=LLMSource(num_per_item=1, max_attempts=3, backoff_s=0, generator=gcfg),
+        ncfg = NegativesConfig(llm=LLMSource(num_per_item=1, max_attempts=2, backoff_s=0, generator=gcfg),
                                wordnet=WordNetSource(num_per_item=0), corrupt=CorruptSource(num_per_item=0))
         neg = negatives.run(ncfg, examples(), gen)["negatives"].to_pylist()
         assert neg and all(r["source"] == "llm" and r["text"].startswith("Reasoning: ") for r in neg)

@@ -89,7 +89,8 @@ def test_config_rejects_incoherent_values():
         EvaluateConfig(num_samples=2)
     with pytest.raises(ValueError, match="unknown family 'audio'"):
         EvaluateConfig(max_new_tokens={"audio": 3})
-    assert EvaluateConfig().sampling("code") == SamplingConfig(max_new_tokens=384)
+    assert EvaluateConfig(early_stop=False).sampling("code") == SamplingConfig(max_new_tokens=384)
+    assert EvaluateConfig().sampling("code").stop is not None
 
 
 def test_aggregate_standard_error():

@@ -64,6 +64,7 @@ class Replay:
     (GOOD + " Option (C) is usually a trap.", "leaks_letter"),
     (GOOD + " Remember that photosynthesis variant 3 is a common choice.", "leaks_answer"),
     (GOOD + " ```python\nx = 1\n```", "contains_code"),
+    (GOOD + " Think of question number 3 about plants first.", "copies_demo"),
 ])
 def test_validator_rejects_each_leak(text, reason):
     assert check_instruction(text, [mcqa(3)]) == reason
@@ -71,6 +72,9 @@ def test_validator_rejects_each_leak(text, reason):
 
 def test_validator_accepts_a_general_instruction_and_checks_numbers_and_code():
     assert check_instruction(GOOD, [mcqa(3)]) is None
+    template = GOOD + " Reason briefly, then give the final answer on the last line."
+    assert check_instruction(template, [mcqa(3), mcqa(4)]) is None  # the shared prompt template may be echoed
+    assert check_instruction(template, [mcqa(3)]) == "copies_demo"  # one demo: template and specifics look alike
     assert check_instruction('End with "Answer: <letter>" on its own line. ' + GOOD, [mcqa(3)]) is None
     math = {"id": "m/1", "family": "math", "answer": "1250", "reference": "Answer: 1250"}
     assert check_instruction(GOOD + " The total is often 1,250 here.", [math]) == "leaks_number"
@@ -103,7 +107,7 @@ def test_parse_instruction_gives_none_for_json_without_it():
 def test_meta_prompt_shows_demos_without_leaking_instructions_to_copy():
     prompt, clipped = meta_prompt("mcqa", [mcqa(1), mcqa(2)], max_demo_chars=60)
     assert prompt.count("### Example") == 2 and clipped == 2  # both prompts shortened, visibly
-    assert '{"instruction": "<the instruction>"}' in prompt
+    assert prompt.endswith("Instruction:") and "reference or example solution" in prompt
 
 
 # --- sampling ----------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def test_demo_sampler_is_seeded_and_disjoint_until_exhausted():
     items = [{"id": str(i)} for i in range(9)]
     a = DemoSampler(items, 3, random.Random("s"))
     draws = [[d["id"] for d in a.draw()] for _ in range(3)]
-    assert sorted(sum(draws, [])) == sorted(str(i) for i in range(9))
+    assert sorted(i for d in draws for i in d) == sorted(str(i) for i in range(9))
     b = DemoSampler(items, 3, random.Random("s"))
     assert draws == [[d["id"] for d in b.draw()] for _ in range(3)]
     assert all(len({d["id"] for d in a.draw()}) == 3 for _ in range(5))  # distinct within a draw

@@ -72,7 +72,7 @@ def test_every_item_gets_k_train_neighbours_never_itself(embedder, tmp_path):
 def test_duplicates_are_never_neighbours_and_search_deepens(embedder):
     query = "What gas do plants absorb from the air?"
     rows = [example("q", query)]
-    rows += [example(f"dup{i}", f"  what GAS do plants absorb from the   air? ") for i in range(8)]
+    rows += [example(f"dup{i}", "  what GAS do plants absorb from the   air? ") for i in range(8)]
     rows += [example(str(i), p) for i, p in enumerate(TRAIN[1:])]
     got = neighbours(retrieval.run(RetrievalConfig(k=3), table(rows), embedder=embedder)["neighbors"])
     assert not any(n.startswith("d/dup") or n == "d/q" for n in got["d/q"])
