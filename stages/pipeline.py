@@ -37,7 +37,8 @@ def ingest(store: Store, cfg: ingest_stage.IngestConfig, *, force: bool = False)
 
 def retrieval(store: Store, cfg: retrieval_stage.RetrievalConfig, examples: Artifact, *,
               force: bool = False) -> Artifact:
-    return store.materialize(retrieval_stage.SPEC, {"retrieval": asdict(cfg)}, {"examples": examples},
+    key = {"retrieval": asdict(cfg), "embedder": retrieval_stage.embedder_fingerprint(cfg.model)}
+    return store.materialize(retrieval_stage.SPEC, key, {"examples": examples},
                              lambda ws: retrieval_stage.run(cfg, examples.table("examples"), ws), force=force)
 
 

@@ -88,29 +88,28 @@ def wordnet_candidates(example: dict[str, Any], n: int, seed: int, kinds: tuple[
     for slot in range(n):
         rng = random.Random(stable_int("wordnet-rng", seed, example["id"], slot))
         start = (offset + slot) % len(swaps)
-        text = _one(example, family, reasoning, swaps, start, rng,
-                    letters[slot] if letters else None, numbers[slot] if numbers else None)
+        wrong = letters[slot] if letters else numbers[slot] if numbers else None
+        text = _one(example, reasoning, swaps, start, rng, wrong)
         if text is not None and text.strip() not in seen:
             seen.add(text.strip())
             out.append((slot, swaps[start].name, text))
     return out
 
 
-def _one(example: dict[str, Any], family: str, reasoning: str | None, swaps: list[Transformation],
-         start: int, rng: random.Random, letter: str | None, number: str | None) -> str | None:
+def _one(example: dict[str, Any], reasoning: str | None, swaps: list[Transformation], start: int,
+         rng: random.Random, wrong: str | None) -> str | None:
+    """One negative: perturbed text in the reference layout, ending in ``wrong`` for choice/maths items."""
+    family = example["family"]
     if family == "tool":
         return _tool(example, swaps, start, rng)
     if family == "free":
         answer = _perturb(example["answer"], swaps, start, rng)
         return format_reasoned(answer, reasoning) if answer else None
-    if not reasoning:
+    if not reasoning or wrong is None or family not in ("mcqa", "math"):
         return None
     edited = _perturb(reasoning, swaps, start, rng)
     if edited is None:
         return None
-    if family == "mcqa":
-        return format_reasoned(letter, edited) if letter else None
-    if family == "math" and number is not None:
-        return format_reasoned(number, replace_number(edited, example["answer"].strip(), number))
-    return None
-
+    if family == "math":
+        edited = replace_number(edited, example["answer"].strip(), wrong)
+    return format_reasoned(wrong, edited)
