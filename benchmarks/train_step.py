@@ -62,7 +62,8 @@ def worker(args: argparse.Namespace) -> dict:
 
     from engines.models import ModelConfig
     from stages import contexts
-    from stages.contexts import negatives_minimal
+    from stages.negatives import LLMSource, NegativesConfig, WordNetSource
+    from stages.negatives import run as build_negatives
     from stages.train import TrainConfig
     from stages.train.loop import fit, setup
     from storage import Workspace
@@ -78,7 +79,7 @@ def worker(args: argparse.Namespace) -> dict:
         overrides.append("agreement.strategy=random")
     cfg = build(TrainConfig, apply_overrides(raw, overrides))
     examples = synthetic_examples(max(8, args.batch * args.steps))
-    negatives = negatives_minimal.run(negatives_minimal.NegativesConfig(), examples)["negatives"]
+    negatives = build_negatives(NegativesConfig(llm=LLMSource(num_per_item=0), wordnet=WordNetSource(num_per_item=0)), examples)["negatives"]
     views = contexts.run(contexts.ContextsConfig(num_views=cfg.agreement.num_views), examples, negatives)["contexts"]
     with tempfile.TemporaryDirectory() as tmp:
         run = setup(cfg, ModelConfig(path=args.model), examples, views, negatives, Workspace.create(Path(tmp)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import pyarrow as pa
 import pytest
@@ -11,8 +10,9 @@ from test_train_fixtures import examples_table
 
 import schemas
 from stages import contexts as ctx
-from stages.contexts import negatives_minimal as neg
 from stages.contexts.templates import REFERENCE_INTRO, SDI
+from stages.negatives import LLMSource, NegativesConfig, WordNetSource
+from stages.negatives import run as build_negatives
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_induction_views_use_instructions_and_skip_leaky_ones(examples):
 
 
 def test_negative_views_differ_from_privileged_only_in_the_reference(examples):
-    negatives = neg.run(neg.NegativesConfig(num_negatives=2), examples)["negatives"]
+    negatives = build_negatives(NegativesConfig(llm=LLMSource(num_per_item=0), wordnet=WordNetSource(num_per_item=0)), examples)["negatives"]
     out = _views(ctx.run(ctx.ContextsConfig(num_views=1), examples, negatives=negatives)["contexts"])
     items = {r["id"]: r for r in examples.to_pylist()}
     assert negatives.num_rows > 0
@@ -108,53 +108,14 @@ def test_negative_views_differ_from_privileged_only_in_the_reference(examples):
         assert text != privileged
 
 
-def test_minimal_negatives_are_wrong_in_the_reference_shape(examples):
-    table = neg.run(neg.NegativesConfig(num_negatives=3), examples)["negatives"]
-    schemas.validate(table, schemas.NEGATIVES)
-    items = {r["id"]: r for r in examples.to_pylist()}
-    by_family: dict[str, list[dict]] = {}
-    for n in table.to_pylist():
-        by_family.setdefault(items[n["id"]]["family"], []).append(n)
-        assert items[n["id"]]["split"] == "train" and n["source"] == "corrupt"
-    for n in by_family["mcqa"]:
-        item = items[n["id"]]
-        assert n["wrong_answer"] != item["answer"] and n["verified_wrong"] is True
-        assert n["text"].endswith(f"Answer: {n['wrong_answer']}")
-        assert ("Reasoning:" in n["text"]) == ("Reasoning:" in item["reference"])
-    for n in by_family["math"]:
-        item = items[n["id"]]
-        assert float(n["wrong_answer"]) != float(item["answer"]) and n["verified_wrong"] is True
-        assert n["text"].endswith(f"Answer: {n['wrong_answer']}")
-        assert not re.search(rf"(?<![\d.-]){item['answer']}(?!\.?\d)", n["text"])  # gold number gone
-    for n in by_family["code"]:
-        assert n["verified_wrong"] is None and n["wrong_answer"] is None
-        assert n["text"] != items[n["id"]]["reference"] and n["text"].startswith("def ")
-        compile(n["text"], "<negative>", "exec")
-
-
-def test_code_corruptions_flip_a_comparison_or_return_none():
-    item = {"reference": "def f(x):\n    if x < 3:\n        return x + 1\n    return x\n"}
-    texts = [t for t, _, _ in neg.code_negatives(item)]
-    assert "if x >= 3:" in texts[0]
-    assert any("return None" in t for t in texts)
-    assert neg.code_negatives({"reference": "def broken(:"}) == []
 
 
 def test_configs_are_documented_and_validated():
     from unisd.configtools import field_docs
 
-    for cls in (ctx.ContextsConfig, neg.NegativesConfig):
+    for cls in (ctx.ContextsConfig,):
         docs = field_docs(cls)
         assert all(f in docs for f in cls.__dataclass_fields__), cls
     with pytest.raises(ValueError, match="num_views must be >= 0"):
         ctx.ContextsConfig(num_views=-1)
-    with pytest.raises(ValueError, match="num_negatives must be >= 1"):
-        neg.NegativesConfig(num_negatives=0)
-    assert ctx.SPEC.name == "contexts" and neg.SPEC.name == "negatives"
-
-
-def test_tool_items_get_no_negative():
-    rows = examples_table(1).to_pylist()
-    rows[0].update(family="tool")
-    out = neg.run(neg.NegativesConfig(), schemas.conform(rows, schemas.EXAMPLES))["negatives"]
-    assert rows[0]["id"] not in out.column("id").to_pylist()
+    assert ctx.SPEC.name == "contexts"

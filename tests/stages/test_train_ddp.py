@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent("""
     from test_train_fixtures import examples_table
     from engines.models import ModelConfig
     from stages import contexts, train
-    from stages.contexts import negatives_minimal
+    from stages.negatives import LLMSource, NegativesConfig, WordNetSource
+    from stages.negatives import run as build_negatives
     from stages.train import ContrastiveSettings, LoraSettings, RolloutSettings, TrainConfig
     from stages.train.loop import fit, save, setup
     from storage import Workspace
@@ -27,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     out = Path({out!r})
     examples = examples_table(3)
-    negs = negatives_minimal.run(negatives_minimal.NegativesConfig(), examples)["negatives"]
+    negs = build_negatives(NegativesConfig(llm=LLMSource(num_per_item=0), wordnet=WordNetSource(num_per_item=0)), examples)["negatives"]
     ctx = contexts.run(contexts.ContextsConfig(num_views=0), examples, negs)["contexts"]
     cfg = TrainConfig(steps=2, batch_size=4, grad_accum=2, lr=1e-2, warmup_ratio=0.0,
                       lora=LoraSettings(r=4, alpha=8, dropout=0.0), rollout=RolloutSettings(max_new_tokens=4),

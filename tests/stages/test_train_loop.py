@@ -14,7 +14,8 @@ from engines.generation import PromptTooLong
 from engines.models import ModelConfig
 from stages import contexts as contexts_stage
 from stages import train
-from stages.contexts import negatives_minimal
+from stages.negatives import LLMSource, NegativesConfig, WordNetSource
+from stages.negatives import run as build_negatives
 from stages.train import (
     AgreementSettings,
     ContrastiveSettings,
@@ -42,7 +43,7 @@ MECHANISMS = {
 @pytest.fixture(scope="module")
 def tables():
     examples = examples_table(3)
-    negatives = negatives_minimal.run(negatives_minimal.NegativesConfig(), examples)["negatives"]
+    negatives = build_negatives(NegativesConfig(llm=LLMSource(num_per_item=0), wordnet=WordNetSource(num_per_item=0)), examples)["negatives"]
     contexts = contexts_stage.run(contexts_stage.ContextsConfig(num_views=2), examples, negatives)["contexts"]
     return examples, contexts, negatives
 
