@@ -13,6 +13,7 @@ import logging
 from dataclasses import asdict, replace
 
 from engines import assets
+from engines.continuous import ContinuousGenerator
 from engines.generation import HFGenerator
 from engines.models import ModelConfig, fingerprint, load_model
 from stages import contexts as contexts_stage
@@ -141,8 +142,9 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
 
     def compute(ws):
         m, tok = _loaded(model)
-        gen = HFGenerator(m, tok, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                          on_long_prompt=cfg.on_long_prompt)
+        engine = ContinuousGenerator if cfg.engine == "continuous" else HFGenerator
+        gen = engine(m, tok, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                     on_long_prompt=cfg.on_long_prompt)
         return evaluate_stage.run(cfg, examples.table("examples"), gen, ws, model.label, method)
 
     return store.materialize(spec, key_config, inputs, compute, force=force)

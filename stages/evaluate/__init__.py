@@ -45,7 +45,10 @@ class EvaluateConfig:
     limit: int | None = None
     """Evaluate at most this many examples per dataset (first by id order); None = all."""
     batch_size: int = 16
-    """Generation batch size."""
+    """Generation batch size (rows decoded together)."""
+    engine: Literal["hf", "continuous"] = "continuous"
+    """`continuous`: rows leave the batch when done and pending prompts join (no waiting for the longest
+    row); `hf`: static batches through `model.generate`. Greedy outputs agree up to float rounding."""
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW))
     """Completion limit per task family (mcqa, math, code, tool, free)."""
     temperature: float = 0.0
