@@ -137,7 +137,8 @@ def _cell(value: object, max_width: int | None) -> str:
 
 def _plain_text(table: pa.Table, max_width: int) -> str:
     names = table.column_names
-    rows = [[_cell(v, max_width) for v in row.values()] for row in table.to_pylist()]
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]  # by position: names may repeat
+    rows = [[_cell(col[r], max_width) for col in columns] for r in range(table.num_rows)]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
     numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
                for t in table.schema.types]

@@ -125,3 +125,13 @@ def test_unreadable_file_drops_only_its_view(store, spec, counting, caplog):
     assert store.query("select id from examples").to_pylist() == [{"id": "1"}]
     assert "catalog: no view scores" in caplog.text
     assert store.query("select count(*) as n from artifacts").column("n").to_pylist() == [2]
+
+
+def test_plain_text_keeps_columns_with_the_same_name():
+    import pyarrow as pa
+
+    from storage.catalog import format_table
+
+    table = pa.Table.from_arrays([pa.array(["A"]), pa.array(["B"])], names=["extracted", "extracted"])
+    lines = format_table(table).splitlines()
+    assert lines[0].split() == ["extracted", "extracted"] and lines[2].split() == ["A", "B"]
