@@ -6,7 +6,7 @@ be installed beside transformers 5 and downloads data at import, so they are imp
 on nltk's WordNet reader, behind the small `Transformation` protocol that a TextAttack-backed class
 could implement later.
 
-Offline by construction: `nltk.download` is never called; `load_wordnet` adds
+Offline by construction: nothing is ever downloaded; `load_wordnet` adds
 ``engines.assets.nltk_data_dir()`` to ``nltk.data.path`` and fails with one line naming the install
 command when the corpus is absent. Part of speech comes from nltk's tagger only when its data is
 already installed; otherwise from WordNet itself: the part of speech whose senses of the word are the
