@@ -22,8 +22,10 @@ test: setup  ## the test suite (CPU, offline; slow end-to-end tests excluded)
 test-all: setup  ## everything, including tests marked slow
 	$(PY) -m pytest -q -m "not gpu"
 
-bench: setup  ## performance benchmarks (print ratios against a baseline measured in the same run)
-	$(PY) benchmarks/run_all.py
+bench: setup  ## performance benchmarks (each prints ratios against a baseline measured in the same run)
+	$(PY) benchmarks/divergence_memory.py
+	$(PY) benchmarks/generation.py
+	$(PY) benchmarks/train_step.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
