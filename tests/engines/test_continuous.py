@@ -196,6 +196,20 @@ def test_sample_tokens_follows_the_nucleus_distribution():
     assert set(sample_tokens(spiky, [row_generator(1, i) for i in range(200)], 1.0, 1.0)) == {0, 2}
 
 
+def test_peft_wrapped_model_matches_hf(sharp_lm):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = sharp_lm
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False)
+    lora = get_peft_model(copy.deepcopy(model), config)
+    lora.eval()
+    sampling = SamplingConfig(max_new_tokens=6)
+    ref = HFGenerator(lora, tok, batch_size=3).generate(PROMPTS, sampling)
+    assert all(_same(ref, ContinuousGenerator(lora, tok, batch_size=2).generate(PROMPTS, sampling)))
+    assert [c.token_ids for c in ref] != [c.token_ids for c in HFGenerator(model, tok, batch_size=3).generate(
+        PROMPTS, sampling)]  # the adapter is active
+
+
 def test_batch_size_must_be_positive(tiny_lm):
     with pytest.raises(ValueError, match="batch_size"):
         ContinuousGenerator(*tiny_lm, batch_size=0)
