@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engines.generation import Completion, HFGenerator, SamplingConfig
+from engines.continuous import ContinuousGenerator
+from engines.generation import Completion, SamplingConfig
 from stages.train.config import TrainConfig
 from stages.train.data import PromptEncoder, TrainItem, pack, pad_completions
 from stages.train.step import MicroBatch
@@ -43,8 +44,8 @@ def rollout_seed(seed: int, step: int, rank: int) -> int:
 def generate(ctx: BatchContext, items: list[TrainItem], step: int) -> list[Completion]:
     """Sample one completion per item from the student on its plain prompt (chat template)."""
     r = ctx.cfg.rollout
-    gen = HFGenerator(ctx.student, ctx.tokenizer, batch_size=len(items), max_prompt_tokens=r.max_prompt_tokens,
-                      on_long_prompt=r.on_long_prompt)
+    gen = ContinuousGenerator(ctx.student, ctx.tokenizer, batch_size=len(items),
+                              max_prompt_tokens=r.max_prompt_tokens, on_long_prompt=r.on_long_prompt)
     sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                               seed=rollout_seed(ctx.cfg.seed, step, ctx.rank))
     was_training = ctx.student.training

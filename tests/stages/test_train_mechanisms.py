@@ -209,7 +209,7 @@ def test_sequence_weights_do_not_cancel(prepared):
     cfg = dataclasses.replace(CFG, agreement=AgreementSettings(level="sequence", num_views=2, gamma=3e4))
     (w,), _ = agreement_weights(cfg, [mb], [sc])
     _, seq_w = w
-    assert bool((seq_w < 1).all()) and float(seq_w.min()) < 0.95, seq_w
+    assert bool((seq_w < 1).all()) and float(seq_w.min()) < 0.99, seq_w
     view_logps = sc.view_logps
     expected_w, _ = sequence_agreement_weights(view_logps, mb.mask, gamma=3e4)
     assert torch.allclose(seq_w, expected_w)
