@@ -12,6 +12,7 @@ import functools
 import logging
 from dataclasses import asdict, replace
 
+import schemas
 from engines import assets
 from engines.continuous import ContinuousGenerator
 from engines.generation import HFGenerator
@@ -63,32 +64,23 @@ def _generator_fingerprint(gen) -> str:
     return fingerprint(gen.model) if gen.backend == "hf" else f"{gen.base_url}|{gen.model}"
 
 
-CONTEXTS_INPUTS = ("negatives", "neighbors", "instructions")
-
-
 def contexts(store: Store, cfg: contexts_stage.ContextsConfig, examples: Artifact,
              extra: dict[str, Artifact], *, force: bool = False) -> Artifact:
-    """Teacher views; ``extra`` maps negatives/neighbors/instructions to the artifacts holding them."""
-    tables = {"negatives": "negatives", "neighbors": "neighbors", "instructions": "instructions"}
-    spec = replace(contexts_stage.SPEC, inputs={"examples": contexts_stage.SPEC.inputs["examples"],
-                                                **{k: store_schema(k) for k in extra}})
+    """Teacher views; ``extra`` maps a table name (negatives/neighbors/instructions) to its artifact."""
+    inputs = {**contexts_stage.SPEC.inputs, **{k: schemas.ALL[k] for k in extra}}
+    spec = replace(contexts_stage.SPEC, inputs=inputs)
 
     def compute(ws):
-        kwargs = {k: extra[k].table(tables[k]) for k in extra}
+        kwargs = {k: art.table(k) for k, art in extra.items()}
         return contexts_stage.run(cfg, examples.table("examples"), **kwargs)
 
     return store.materialize(spec, {"contexts": asdict(cfg)}, {"examples": examples, **extra}, compute,
                              force=force)
 
 
-def store_schema(table: str):
-    import schemas
-
-    return schemas.ALL[table]
-
-
 def train(store: Store, cfg: train_stage.TrainConfig, model: ModelConfig, examples: Artifact,
-          contexts_art: Artifact, negatives_art: Artifact | None, method: str, *, force: bool = False) -> Artifact:
+          contexts_art: Artifact, negatives_art: Artifact | None, method: str, *,
+          force: bool = False) -> Artifact:
     inputs = {"examples": examples, "contexts": contexts_art}
     spec = train_stage.SPEC
     if negatives_art is not None:
