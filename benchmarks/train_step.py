@@ -8,6 +8,7 @@ run on random views (the cost is the same: K views of the same length scale).
     python benchmarks/train_step.py                       # sd, each mechanism, unisd_star; embedded model
     python benchmarks/train_step.py --steps 1 --batch 2 --max-new-tokens 16 --methods sd unisd_star
     python benchmarks/train_step.py --model embedded:tiny-random-llama --full-finetune
+    python benchmarks/train_step.py --methods sd unisd_star --set score_precision=float32
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def worker(args: argparse.Namespace) -> dict:
     overrides = [f"steps={args.steps}", f"batch_size={args.batch}", f"grad_accum={args.grad_accum}",
                  f"rollout.max_new_tokens={args.max_new_tokens}", f"checkpoint_every={10**6}",
                  f"lora.enabled={str(not args.full_finetune).lower()}"]
+    overrides += args.set
     if "agreement" in raw:
         overrides.append("agreement.strategy=random")
     cfg = build(TrainConfig, apply_overrides(raw, overrides))
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--full-finetune", action="store_true", help="train every weight instead of LoRA")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig override applied to every preset (repeatable)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -116,6 +120,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", method, "--steps", str(args.steps), "--batch", str(args.batch),
                "--grad-accum", str(args.grad_accum), "--max-new-tokens", str(args.max_new_tokens),
                "--model", args.model, "--threads", str(args.threads)] + (["--full-finetune"] * args.full_finetune)
+        cmd += [f"--set={kv}" for kv in args.set]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((x for x in res.stdout.splitlines() if x.startswith("RESULT ")), None)
         if res.returncode != 0 or line is None:

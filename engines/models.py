@@ -89,6 +89,21 @@ def pick_device(device: str) -> str:
     return device
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bfloat16 matmuls natively (CUDA with bf16; CPUs with AMX or AVX512-BF16).
+
+    Elsewhere bfloat16 is emulated and slower than float32.
+    """
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def load_tokenizer(ref: str):
     from transformers import AutoTokenizer
 

@@ -241,6 +241,14 @@ class TrainConfig:
     """Seeds the data order, rollouts, negative draws and adapter initialisation."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast for the forwards (accelerate); master weights stay float32."""
+    score_precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision of the no-grad decoder passes (teacher, auxiliary and negative views, θ0): auto =
+    bfloat16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16),
+    else float32. Their hidden states return to float32 before the LM head, so log-probs and
+    divergences are float32; the student's forward and backward follow mixed_precision."""
+    score_batch_tokens: int = 8192
+    """Padded-token budget of one no-grad pass: the rows of a view are sorted by length and run in
+    groups within this budget, so short rows do not pay for the longest row's padding."""
     gradient_checkpointing: bool = False
     """Recompute activations in the student's backward (non-reentrant) to save memory on large models."""
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -272,7 +280,7 @@ class TrainConfig:
     """Keep at most this many train examples per dataset (first by id)."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "score_batch_tokens"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _check(self.batch_size % self.grad_accum == 0,
                f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}")

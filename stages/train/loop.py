@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from engines.models import ModelConfig, load_model, pick_device
+from engines.models import ModelConfig, load_model, native_bf16, pick_device
 from stages.train import checkpoint as ckpt
 from stages.train.batches import BatchContext, completion_ids, generate, micro_batches
 from stages.train.config import LoraSettings, TrainConfig
@@ -58,6 +58,8 @@ class Run:
     step: int = 0
     rows: list[dict] = field(default_factory=list)
     rollouts: list[dict] = field(default_factory=list)
+    score_bf16: bool = False
+    """Whether the no-grad decoder passes run under bfloat16 autocast (resolved score_precision)."""
 
 
 def _wrap_lora(base: nn.Module, lora: LoraSettings) -> nn.Module:
@@ -110,6 +112,8 @@ def setup(cfg: TrainConfig, model: ModelConfig, examples: pa.Table, contexts: pa
     prepared, optimizer = acc.prepare(student, optimizer)
     run = Run(cfg, method, acc, prepared, student, tokenizer, teachers, optimizer, scheduler, items, encoder,
               workspace)
+    run.score_bf16 = (cfg.score_precision == "bfloat16"
+                      or (cfg.score_precision == "auto" and native_bf16(str(acc.device))))
     _resume(run)
     log.info("train %s: %d examples, %d steps × %d prompts (%d micro-batches), %.2fM trainable params, "
              "starting at step %d", method, len(items), cfg.steps, cfg.batch_size, cfg.grad_accum,
@@ -156,7 +160,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     norm = _normalizers(acc, batches)
     run.student.eval()
     with acc.autocast():
-        scores = [score(mb, run.teachers, cfg, is_log) if cfg.on_policy else None for mb in batches]
+        scores = [score(mb, run.teachers, cfg, is_log, run.score_bf16) if cfg.on_policy else None for mb in batches]
     weights, metrics = agreement_weights(cfg, batches, scores) if cfg.on_policy else ([(None, None)] * len(batches), {})
     scored = time.perf_counter()
     run.student.train()

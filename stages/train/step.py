@@ -105,20 +105,69 @@ def decoder_of(model: nn.Module) -> nn.Module:
     return base.get_decoder()
 
 
+def length_groups(packed: Packed, budget: int) -> list[tuple[Tensor, int, int]]:
+    """Rows of `packed` sorted by real length and cut into groups of at most `budget` padded tokens.
+
+    Returns (row indices, prompt width w, completion length t) per group: the group's rows need only
+    the columns [W − w, W + t) of the packed layout, so padding is paid within a group of similar
+    lengths instead of up to the longest row of the whole pass.
+    """
+    width = packed.width
+    prompt = packed.attn[:, :width].sum(-1)
+    completion = packed.attn[:, width:].sum(-1)
+    order = torch.argsort(prompt + completion, stable=True).tolist()
+    groups, current, w, t = [], [], 0, 0
+    for r in order:
+        w_new, t_new = max(w, int(prompt[r])), max(t, int(completion[r]), 1)
+        if current and (len(current) + 1) * (w_new + t_new) > budget:
+            groups.append((torch.tensor(current), w, t))
+            current, w_new, t_new = [], int(prompt[r]), max(int(completion[r]), 1)
+        current.append(r)
+        w, t = w_new, t_new
+    if current:
+        groups.append((torch.tensor(current), w, t))
+    return groups
+
+
+def scoring_hidden(model: nn.Module, packed: Packed, steps: int, bf16: bool, budget: int) -> Tensor:
+    """`completion_hidden` (R, steps, H) of a no-grad pass through the bare decoder.
+
+    Rows run in length groups of at most `budget` tokens (`length_groups`); columns past a row's
+    completion are zero (they are masked). Under `bf16` the decoder runs in bfloat16 autocast and the
+    hidden states return as float32.
+    """
+    decoder, width = decoder_of(model), packed.width
+    out = None
+    for rows, w, t in length_groups(packed, budget):
+        part = Packed(packed.ids[rows, width - w:width + t], packed.attn[rows, width - w:width + t], w)
+        with torch.autocast(packed.ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+            hidden = completion_hidden(decoder, part, min(t, steps), bare=True)
+        if bf16:
+            hidden = hidden.float()
+        if out is None:
+            out = hidden.new_zeros((packed.ids.shape[0], steps, hidden.shape[-1]))
+        out[rows.to(out.device), :hidden.shape[1]] = hidden
+    return out
+
+
 def _view_logps(model: nn.Module, weight: Tensor, packed: Packed, tokens: Tensor, mask: Tensor,
-                temperature: float, chunk: int) -> Tensor:
+                temperature: float, chunk: int, bf16: bool, budget: int) -> Tensor:
     """Sampled-token log-probs of `tokens` (R, T) under one packed view, on mask positions -> (n,)."""
-    hidden = completion_hidden(decoder_of(model), packed, tokens.shape[1], bare=True)
+    hidden = scoring_hidden(model, packed, tokens.shape[1], bf16, budget)
     return chunked_gather_logps(hidden[mask], weight, tokens[mask], temperature=temperature, chunk_size=chunk)
 
 
 @torch.no_grad()
-def score(mb: MicroBatch, teachers: Teachers, cfg: TrainConfig, with_start: bool) -> Scores:
-    """Every no-grad forward of one micro-batch (teacher, auxiliary views, bad teacher, θ0)."""
+def score(mb: MicroBatch, teachers: Teachers, cfg: TrainConfig, with_start: bool, bf16: bool = False) -> Scores:
+    """Every no-grad forward of one micro-batch (teacher, auxiliary views, bad teacher, θ0).
+
+    `bf16` runs the decoder passes under bfloat16 autocast (`TrainConfig.score_precision`).
+    """
     tau, chunk, mask, steps = cfg.divergence.temperature, cfg.divergence.chunk_size, mb.mask, mb.tokens.shape[1]
+    budget = cfg.score_batch_tokens
     with teachers.teacher() as teacher:
         weight = head_weight(teacher)
-        hidden = completion_hidden(decoder_of(teacher), mb.teacher, steps, bare=True)[mask]
+        hidden = scoring_hidden(teacher, mb.teacher, steps, bf16, budget)[mask]
         out = Scores(teacher_hidden=hidden, teacher_weight=weight)
         if cfg.contrastive.weight > 0:
             out.good_logps = chunked_gather_logps(hidden, weight, mb.tokens[mask], temperature=tau, chunk_size=chunk)
@@ -127,17 +176,18 @@ def score(mb: MicroBatch, teachers: Teachers, cfg: TrainConfig, with_start: bool
             out.contrast_mask = rows[:, None].expand_as(mask)[mask]
             if mb.negative is not None:
                 out.bad_logps[out.contrast_mask] = _view_logps(
-                    teacher, weight, mb.negative, mb.tokens[rows], mask[rows], tau, chunk)
+                    teacher, weight, mb.negative, mb.tokens[rows], mask[rows], tau, chunk, bf16, budget)
         if mb.aux is not None:
             k = mb.aux.ids.shape[0] // mask.shape[0]
             tokens, view_mask = mb.tokens.repeat(k, 1), mask.repeat(k, 1)
             logps = torch.zeros(view_mask.shape, dtype=torch.float32, device=mask.device)
-            logps[view_mask] = _view_logps(teacher, weight, mb.aux, tokens, view_mask, tau, chunk).float()
+            logps[view_mask] = _view_logps(teacher, weight, mb.aux, tokens, view_mask, tau, chunk, bf16, budget).float()
             out.view_logps = logps.reshape(k, *mask.shape)
     if with_start:
         with teachers.start() as start:
             if start is not None:
-                out.start_logps = _view_logps(start, head_weight(start), mb.student, mb.tokens, mask, 1.0, chunk)
+                out.start_logps = _view_logps(start, head_weight(start), mb.student, mb.tokens, mask, 1.0, chunk, bf16,
+                                               budget)
     return out
 
 

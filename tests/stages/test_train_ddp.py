@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     examples = examples_table(3)
     negs = build_negatives(NegativesConfig(llm=LLMSource(num_per_item=0), wordnet=WordNetSource(num_per_item=0)), examples)["negatives"]
     ctx = contexts.run(contexts.ContextsConfig(num_views=0), examples, negs)["contexts"]
-    cfg = TrainConfig(steps=2, batch_size=4, grad_accum=2, lr=1e-2, warmup_ratio=0.0,
+    cfg = TrainConfig(steps=2, batch_size=4, grad_accum=2, lr=1e-2, warmup_ratio=0.0, score_precision="float32",
                       lora=LoraSettings(r=4, alpha=8, dropout=0.0), rollout=RolloutSettings(max_new_tokens=4),
                       contrastive=ContrastiveSettings(weight=0.1, sources=("corrupt",)))
     run = setup(cfg, ModelConfig(path={model!r}), examples, ctx, negs, Workspace.create(out / "ws"), "ddp")
