@@ -12,6 +12,8 @@ the length limit without EOS are dropped from the loss.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,10 @@ class BatchContext:
     encoder: PromptEncoder
     device: torch.device
     rank: int = 0
+    start: Callable[[], AbstractContextManager] | None = None
+    """Context yielding θ0 (rollout.policy=start)."""
+    vllm: object | None = None
+    """The vLLM rollout engine (rollout.backend=vllm), kept for the whole run."""
 
 
 def rollout_seed(seed: int, step: int, rank: int) -> int:
@@ -41,19 +47,48 @@ def rollout_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**31 - 1)
 
 
+def on_policy_rows(cfg: TrainConfig, items: list[TrainItem], step: int) -> list[bool]:
+    """Which items of the step use a sampled completion (GKD's λ; all of them when λ = 1)."""
+    lam = cfg.rollout.on_policy_fraction
+    if lam >= 1.0:
+        return [True] * len(items)
+    return [random.Random(f"on-policy:{cfg.seed}:{step}:{it.id}").random() < lam for it in items]
+
+
+def gold_completion(ctx: BatchContext, item: TrainItem) -> Completion:
+    """The item's gold reference as a completion (an off-policy sequence), cut at max_new_tokens."""
+    limit = ctx.cfg.rollout.max_new_tokens
+    ids = ctx.tokenizer(item.reference, add_special_tokens=False)["input_ids"]
+    return Completion(text=item.reference, token_ids=ids[:limit], prompt_tokens=0, finished=len(ids) <= limit,
+                      seconds=0.0)
+
+
 def generate(ctx: BatchContext, items: list[TrainItem], step: int) -> list[Completion]:
-    """Sample one completion per item from the student on its plain prompt (chat template)."""
+    """One completion per item: sampled on its plain prompt (chat template) from the student, or
+    from θ0 under rollout.policy=start, or its gold reference for GKD's off-policy share."""
+    sampled = on_policy_rows(ctx.cfg, items, step)
+    chosen = [it for it, s in zip(items, sampled) if s]
+    outs = iter(_sample(ctx, chosen, step) if chosen else [])
+    return [next(outs) if s else gold_completion(ctx, it) for it, s in zip(items, sampled)]
+
+
+def _sample(ctx: BatchContext, items: list[TrainItem], step: int) -> list[Completion]:
     r = ctx.cfg.rollout
-    gen = ContinuousGenerator(ctx.student, ctx.tokenizer, batch_size=len(items),
-                              max_prompt_tokens=r.max_prompt_tokens, on_long_prompt=r.on_long_prompt)
     sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                               seed=rollout_seed(ctx.cfg.seed, step, ctx.rank))
-    was_training = ctx.student.training
-    ctx.student.eval()
-    try:
-        return gen.generate([it.prompt for it in items], sampling)
-    finally:
-        ctx.student.train(was_training)
+    prompts = [it.prompt for it in items]
+    start = r.policy == "start"
+    if ctx.vllm is not None:
+        return ctx.vllm.generate(prompts, sampling, None if start else ctx.student, step)
+    with ctx.start() if start else nullcontext(ctx.student) as model:
+        gen = ContinuousGenerator(model, ctx.tokenizer, batch_size=len(items),
+                                  max_prompt_tokens=r.max_prompt_tokens, on_long_prompt=r.on_long_prompt)
+        was_training = model.training
+        model.eval()
+        try:
+            return gen.generate(prompts, sampling)
+        finally:
+            model.train(was_training)
 
 
 def completion_ids(completion: Completion, eos_id: int) -> list[int]:
@@ -86,6 +121,8 @@ def _micro_batch(ctx: BatchContext, items: list[TrainItem], comps: list[Completi
             mask &= torch.tensor([c.finished for c in comps])[:, None]
         mb.tokens, mb.mask = tokens, mask
         mb.student = pack(prompts, tokens, lengths, pad)
+        if not cfg.needs_teacher:
+            return _to(mb, ctx.device)
         mb.teacher = pack([enc(it.privileged) for it in items], tokens, lengths, pad)
         k = len(items[0].aux)
         if k:
@@ -97,7 +134,7 @@ def _micro_batch(ctx: BatchContext, items: list[TrainItem], comps: list[Completi
             chosen = [enc(choose_negative(it, cfg.seed, step)) for it in items if it.negatives]
             if chosen:
                 mb.negative = pack(chosen, tokens[rows], lengths[rows], pad)
-    if cfg.sft.weight > 0:
+    if cfg.sft.weight > 0 and cfg.sft.target == "gold":
         gold = [ctx.tokenizer(it.reference, add_special_tokens=False)["input_ids"] + [eos] for it in items]
         mb.gold_tokens, lengths = pad_completions(gold, pad)
         mb.gold_mask = torch.arange(mb.gold_tokens.shape[1])[None, :] < lengths[:, None]

@@ -62,6 +62,17 @@ class RolloutSettings:
     """Drop from the loss every completion that hit max_new_tokens without EOS."""
     log_samples: int = 2
     """Completions written to the `rollouts` table at every log step."""
+    policy: Literal["student", "start"] = "student"
+    """Which weights sample: the student (on-policy), or the starting model θ0 (SSD: the model's own
+    samples before training; LoRA adapter disabled, or the frozen copy under full fine-tuning)."""
+    on_policy_fraction: float = 1.0
+    """GKD's λ: each example of each step uses a sampled completion with this probability (seeded),
+    otherwise its gold reference (off-policy, from the dataset)."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: hf = the in-process continuous-batching engine; vllm = a vLLM engine on the
+    same GPU that loads the student's LoRA adapter afresh every step (needs LoRA and vllm installed)."""
+    vllm_gpu_memory: float = 0.4
+    """backend=vllm: fraction of GPU memory vLLM may take (the trainer needs the rest)."""
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
@@ -69,6 +80,9 @@ class RolloutSettings:
         _check(0.0 < self.top_p <= 1.0, f"rollout.top_p must be in (0, 1], got {self.top_p}")
         _check(self.max_prompt_tokens >= 1, "rollout.max_prompt_tokens must be >= 1")
         _check(self.log_samples >= 0, "rollout.log_samples must be >= 0")
+        _check(0.0 <= self.on_policy_fraction <= 1.0,
+               f"rollout.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}")
+        _check(0.0 < self.vllm_gpu_memory < 1.0, f"rollout.vllm_gpu_memory must be in (0, 1), got {self.vllm_gpu_memory}")
 
 
 @dataclass(frozen=True)
@@ -210,10 +224,13 @@ class ClipSettings:
 
 @dataclass(frozen=True)
 class SFTSettings:
-    """Cross-entropy on the gold reference under the plain prompt (baselines; off by default)."""
+    """Cross-entropy under the plain prompt, on gold references or on the sampled completions (baselines)."""
 
     weight: float = 0.0
     """Weight of the cross-entropy term."""
+    target: Literal["gold", "rollout"] = "gold"
+    """gold = the dataset's reference with its rationale (SFT); rollout = the step's sampled
+    completions (SSD: fine-tune on the model's own samples)."""
 
     def __post_init__(self) -> None:
         _check(self.weight >= 0.0, f"sft.weight must be >= 0, got {self.weight}")
@@ -296,6 +313,14 @@ class TrainConfig:
                "agreement weights scale the divergence term, whose weight is 0 (divergence.weight or features.mode=repr)")
         _check(not no_div or (self.clip.max_value is None and self.clip.quantile is None),
                "clip caps the divergence term, whose weight is 0 (divergence.weight or features.mode=repr)")
+        _check(self.rollout.on_policy_fraction == 1.0 or self.needs_teacher,
+               "rollout.on_policy_fraction < 1 mixes gold sequences into a distillation term; no such term is on")
+        _check(self.rollout.backend != "vllm" or self.lora.enabled,
+               "rollout.backend=vllm loads the student as a LoRA adapter; it needs lora.enabled=true")
+        _check(self.rollout.policy != "start" or self.lora.enabled or self.teacher.kind == "frozen",
+               "rollout.policy=start under full fine-tuning needs the frozen copy (teacher.kind=frozen)")
+        _check(self.rollout.policy == "student" or self.rollout.on_policy_fraction == 1.0,
+               "rollout.policy=start with on_policy_fraction < 1: choose one source of off-policy sequences")
 
     @property
     def divergence_weight(self) -> float:
@@ -304,5 +329,15 @@ class TrainConfig:
 
     @property
     def on_policy(self) -> bool:
-        """Whether any term reads the student's own samples (otherwise no rollouts are generated)."""
+        """Whether any term reads sampled completions (otherwise no rollouts are generated)."""
+        return (self.divergence_weight + self.contrastive.weight + self.features.weight) > 0.0 or self.self_training
+
+    @property
+    def self_training(self) -> bool:
+        """Whether the cross-entropy term trains on the sampled completions (SSD)."""
+        return self.sft.weight > 0.0 and self.sft.target == "rollout"
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any term reads a teacher pass (divergence, contrastive, features)."""
         return (self.divergence_weight + self.contrastive.weight + self.features.weight) > 0.0

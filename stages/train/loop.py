@@ -60,6 +60,8 @@ class Run:
     rollouts: list[dict] = field(default_factory=list)
     score_bf16: bool = False
     """Whether the no-grad decoder passes run under bfloat16 autocast (resolved score_precision)."""
+    vllm: object | None = None
+    """The vLLM rollout engine under rollout.backend=vllm."""
 
 
 def _wrap_lora(base: nn.Module, lora: LoraSettings) -> nn.Module:
@@ -153,15 +155,18 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     truncated_before = run.encoder.uses_truncated
     indices = step_indices(len(run.items), cfg.batch_size, step, cfg.seed)
     items = [run.items[i] for i in indices[acc.process_index::acc.num_processes]]
-    ctx = BatchContext(cfg, run.student, run.tokenizer, run.encoder, acc.device, acc.process_index)
+    ctx = BatchContext(cfg, run.student, run.tokenizer, run.encoder, acc.device, acc.process_index,
+                       start=run.teachers.start, vllm=run.vllm)
     completions = generate(ctx, items, step) if cfg.on_policy else None
     generated = time.perf_counter()
     batches = micro_batches(ctx, items, completions, step)
     norm = _normalizers(acc, batches)
     run.student.eval()
     with acc.autocast():
-        scores = [score(mb, run.teachers, cfg, is_log, run.score_bf16) if cfg.on_policy else None for mb in batches]
-    weights, metrics = agreement_weights(cfg, batches, scores) if cfg.on_policy else ([(None, None)] * len(batches), {})
+        scores = [score(mb, run.teachers, cfg, is_log, run.score_bf16) if cfg.needs_teacher else None
+                  for mb in batches]
+    weights, metrics = (agreement_weights(cfg, batches, scores) if cfg.needs_teacher
+                        else ([(None, None)] * len(batches), {}))
     scored = time.perf_counter()
     run.student.train()
     parts, loss_value, weight = [], 0.0, head_weight(run.student)

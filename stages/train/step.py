@@ -280,10 +280,14 @@ def loss_terms(model: nn.Module, weight: Tensor, mb: MicroBatch, scores: Scores 
         if scores.start_logps is not None:
             metrics["train/kl_to_start"] = _kl_to_start(rows, weight, tokens, mask, scores.start_logps, cfg)
     if cfg.sft.weight > 0:
-        gold = completion_hidden(model, mb.gold, mb.gold_tokens.shape[1])[mb.gold_mask]
-        ce, _ = chunked_cross_entropy(gold, weight, mb.gold_tokens[mb.gold_mask],
-                                      torch.ones(gold.shape[0], dtype=torch.bool, device=gold.device),
-                                      normalizer=norm.gold, chunk_size=cfg.divergence.chunk_size)
+        if cfg.sft.target == "gold":
+            packed, tokens, keep, normalizer = mb.gold, mb.gold_tokens, mb.gold_mask, norm.gold
+        else:  # SSD: the sampled completions themselves are the targets
+            packed, tokens, keep, normalizer = mb.student, mb.tokens, mb.mask, norm.tokens
+        rows = completion_hidden(model, packed, tokens.shape[1])[keep]
+        ce, _ = chunked_cross_entropy(rows, weight, tokens[keep],
+                                      torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device),
+                                      normalizer=normalizer, chunk_size=cfg.divergence.chunk_size)
         terms.append(("sft", cfg.sft.weight, ce))
     loss, combined = combine(terms, prefix="train/loss")
     combined.pop("train/loss/total")

@@ -12,7 +12,8 @@ from stages.train import TrainConfig
 from unisd.configtools import ConfigError, build, field_docs
 
 METHODS = Path(__file__).resolve().parents[2] / "configs" / "methods"
-EXPECTED = {"sd", "ema", "contrastive", "match_repr", "match_joint", "clip", "clip_quantile", "unisd_star"} | {
+EXPECTED = {"sd", "ema", "contrastive", "match_repr", "match_joint", "clip", "clip_quantile", "unisd_star",
+            "sft", "ssd", "sdft", "gkd", "opsd"} | {
     f"agreement_{lvl}_{s}" for lvl in ("tok", "seq") for s in ("random", "retrieval", "induction")}
 
 

@@ -1,0 +1,141 @@
+"""Baselines as presets of the one loop: what each computes, and what tells it from its neighbours."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from test_train_fixtures import examples_table, single_thread  # noqa: F401 (autouse fixture)
+
+from engines.models import ModelConfig
+from stages import contexts as contexts_stage
+from stages.negatives import LLMSource, NegativesConfig, WordNetSource
+from stages.negatives import run as build_negatives
+from stages.train import LoraSettings, RolloutSettings, SFTSettings, TrainConfig
+from stages.train.batches import BatchContext, generate, on_policy_rows
+from stages.train.data import step_indices
+from stages.train.loop import fit, setup
+from storage import Workspace
+from unisd.config import load_experiment
+
+BASE = TrainConfig(steps=1, batch_size=2, lr=1e-2, warmup_ratio=0.0, seed=3, log_every=1,
+                   lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                   rollout=RolloutSettings(max_new_tokens=6, temperature=1.0))
+
+
+@pytest.fixture(scope="module")
+def tables():
+    examples = examples_table(3)
+    negatives = build_negatives(NegativesConfig(llm=LLMSource(num_per_item=0), wordnet=WordNetSource(num_per_item=0)),
+                                examples)["negatives"]
+    contexts = contexts_stage.run(contexts_stage.ContextsConfig(num_views=0), examples, negatives)["contexts"]
+    return examples, contexts, negatives
+
+
+@pytest.fixture(scope="module")
+def model_cfg(tiny_model_dir):
+    return ModelConfig(path=str(tiny_model_dir))
+
+
+def _setup(cfg, model_cfg, tables, path):
+    return setup(cfg, model_cfg, *tables, Workspace.create(path), "m")
+
+
+def _ctx(run):
+    return BatchContext(run.cfg, run.student, run.tokenizer, run.encoder, torch.device("cpu"),
+                        start=run.teachers.start)
+
+
+def test_presets_differ_from_their_neighbours_only_where_their_papers_do():
+    exp = load_experiment("distill", check_model=False)
+    sd, sft, ssd, sdft, gkd, opsd = (exp.method_config(m) for m in ("sd", "sft", "ssd", "sdft", "gkd", "opsd"))
+    # SFT: gold cross-entropy, nothing sampled, no teacher
+    assert (sft.sft.weight, sft.sft.target, sft.divergence_weight, sft.on_policy) == (1.0, "gold", 0.0, False)
+    # SSD: like SFT but on samples of θ0 (sampled, yet no teacher pass)
+    assert (ssd.sft.target, ssd.rollout.policy, ssd.on_policy, ssd.needs_teacher) == ("rollout", "start", True, False)
+    assert dataclasses.replace(ssd, sft=sft.sft, rollout=sft.rollout) == sft
+    # SDFT: sd with the reverse KL and an EMA teacher
+    assert (sdft.divergence.kind, sdft.teacher.kind) == ("reverse_kl", "ema")
+    assert dataclasses.replace(sdft, divergence=sd.divergence, teacher=sd.teacher) == sd
+    # OPSD: the current model as teacher, generalized JSD
+    assert (opsd.teacher.kind, opsd.divergence.kind, opsd.divergence.mix) == ("current", "jsd", 0.5)
+    assert dataclasses.replace(opsd, divergence=sd.divergence, teacher=sd.teacher) == sd
+    # GKD: OPSD's divergence with the frozen teacher and λ-mixed gold sequences
+    assert (gkd.divergence, gkd.teacher, gkd.rollout.on_policy_fraction) == (opsd.divergence, sd.teacher, 0.5)
+    assert dataclasses.replace(gkd, rollout=sd.rollout, divergence=sd.divergence) == sd
+
+
+def test_incoherent_baseline_settings_are_rejected():
+    with pytest.raises(ValueError, match="on_policy_fraction < 1 mixes gold"):
+        TrainConfig(divergence=dataclasses.replace(BASE.divergence, weight=0.0), sft=SFTSettings(weight=1.0),
+                    rollout=RolloutSettings(on_policy_fraction=0.5))
+    with pytest.raises(ValueError, match="backend=vllm .* lora.enabled"):
+        TrainConfig(lora=LoraSettings(enabled=False), rollout=RolloutSettings(backend="vllm"))
+    with pytest.raises(ValueError, match="on_policy_fraction must be in"):
+        RolloutSettings(on_policy_fraction=1.5)
+
+
+def test_sft_loss_is_the_gold_cross_entropy(model_cfg, tables, tmp_path):
+    cfg = dataclasses.replace(BASE, divergence=dataclasses.replace(BASE.divergence, weight=0.0),
+                              sft=SFTSettings(weight=1.0))
+    run = _setup(cfg, model_cfg, tables, tmp_path)
+    items = [run.items[i] for i in step_indices(len(run.items), cfg.batch_size, 1, cfg.seed)]
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for it in items:
+            prompt = run.encoder(it.prompt)
+            gold = run.tokenizer(it.reference, add_special_tokens=False)["input_ids"] + [run.tokenizer.eos_token_id]
+            logits = run.student(input_ids=torch.tensor([prompt + gold])).logits[0].double()
+            logps = logits[len(prompt) - 1:-1].log_softmax(-1).gather(-1, torch.tensor(gold)[:, None])
+            nll, count = nll - float(logps.sum()), count + len(gold)
+    fit(run)
+    metrics = dict(run.rows[0]["metrics"])
+    assert metrics["train/loss/sft"] == pytest.approx(nll / count, rel=1e-4)
+    assert "train/loss/divergence" not in metrics and "train/tokens/completion" in metrics
+    assert metrics["train/time/generate_s"] < 0.05  # nothing was sampled
+
+
+def test_ssd_samples_from_the_start_model_and_trains_on_them(model_cfg, tables, tmp_path):
+    cfg = dataclasses.replace(BASE, lr=1.0, divergence=dataclasses.replace(BASE.divergence, weight=0.0),
+                              sft=SFTSettings(weight=1.0, target="rollout"),
+                              rollout=dataclasses.replace(BASE.rollout, policy="start"))
+    trained = _setup(cfg, model_cfg, tables, tmp_path / "a")
+    fit(trained)
+    fresh = _setup(cfg, model_cfg, tables, tmp_path / "b")
+    moved = any(not torch.equal(a, b) for (n, a), (_, b) in zip(trained.student.named_parameters(),
+                                                                 fresh.student.named_parameters()) if "lora_" in n)
+    assert moved
+    items = trained.items[:3]
+    after = [c.token_ids for c in generate(_ctx(trained), items, step=2)]
+    before = [c.token_ids for c in generate(_ctx(fresh), items, step=2)]
+    assert after == before  # θ0 samples, whatever the adapter learned
+    own = dataclasses.replace(cfg, rollout=BASE.rollout)
+    trained.cfg = own
+    assert [c.token_ids for c in generate(_ctx(trained), items, step=2)] != before  # the student's would differ
+    metrics = dict(trained.rows[0]["metrics"])
+    assert metrics["train/loss/sft"] > 0 and metrics["train/tokens/completion"] == 12
+    assert "train/loss/divergence" not in metrics and metrics["train/time/teachers_s"] < 0.05
+
+
+def test_gkd_mixes_sampled_and_gold_sequences(model_cfg, tables, tmp_path):
+    lam = dataclasses.replace(BASE.rollout, on_policy_fraction=0.5)
+    cfg = dataclasses.replace(BASE, rollout=lam, divergence=dataclasses.replace(BASE.divergence, kind="jsd", beta=0.5))
+
+    class Item:
+        def __init__(self, i):
+            self.id = f"x{i}"
+
+    many = [Item(i) for i in range(600)]
+    rows = on_policy_rows(cfg, many, step=1)
+    assert rows == on_policy_rows(cfg, many, step=1)
+    assert 0.44 < sum(rows) / len(rows) < 0.56
+    assert rows != on_policy_rows(cfg, many, step=2)
+    off = dataclasses.replace(cfg, rollout=dataclasses.replace(lam, on_policy_fraction=0.0))
+    run = _setup(off, model_cfg, tables, tmp_path)
+    comps = generate(_ctx(run), run.items[:2], step=1)
+    for item, c in zip(run.items[:2], comps):
+        gold = run.tokenizer(item.reference, add_special_tokens=False)["input_ids"]
+        assert c.token_ids == gold[:6] and c.finished == (len(gold) <= 6) and c.text == item.reference
+    fit(run)
+    assert dict(run.rows[0]["metrics"])["train/loss/divergence"] > 0
