@@ -20,7 +20,7 @@ from objectives.divergence import token_divergence
 from objectives.logprobs import gather_logps
 from objectives.masking import as_bool_mask, check_same_shape, compute_dtype
 
-__all__ = ["k3_kl", "perplexity", "sequence_logprob", "token_jsd"]
+__all__ = ["k3_kl", "masked_row_mean", "perplexity", "sequence_logprob", "token_jsd"]
 
 
 def _sequence_sum_and_mean(per_token: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,3 +74,15 @@ def k3_kl(logps: Tensor, ref_logps: Tensor, mask: Tensor) -> Tensor:
     log_ratio = torch.where(keep, log_ratio, torch.zeros((), dtype=dtype, device=log_ratio.device))
     per_token = torch.expm1(log_ratio) - log_ratio
     return _sequence_sum_and_mean(per_token, keep)[1]
+
+
+def masked_row_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Per-row mean of `values` (N,), given in row-major order of the True entries of `mask` (R, T).
+
+    The inverse of `x[mask]` followed by a per-row mean: -> (R,), NaN for rows without a True entry.
+    """
+    keep = as_bool_mask(mask, mask)
+    if values.shape != (int(keep.sum()),):
+        raise ValueError(f"values {tuple(values.shape)} do not match the {int(keep.sum())} masked positions")
+    full = torch.zeros(keep.shape, dtype=values.dtype, device=values.device).masked_scatter(keep, values)
+    return _sequence_sum_and_mean(full, keep)[1]

@@ -74,6 +74,8 @@ PREDICTIONS = TableSchema(
         _f("latency", pa.float64(), False),  # seconds of generation attributed to this row
         _f("truncated", pa.bool_(), False),  # completion hit max_new_tokens without EOS
         _f("detail", S),  # JSON: scorer details (sandbox status, per-metric values)
+        _f("seed", pa.int64()),  # training seed of the evaluated checkpoint (null: the base model)
+        _f("trained_on", S),  # dataset the checkpoint was trained on (null: the base model)
     ]),
     key=("id", "sample"),
 )
@@ -88,6 +90,8 @@ SCORES = TableSchema(
         _f("value", pa.float64(), False),
         _f("n", pa.int64(), False),
         _f("stderr", pa.float64()),
+        _f("seed", pa.int64()),  # training seed of the evaluated checkpoint (null: the base model)
+        _f("trained_on", S),  # dataset the checkpoint was trained on (null: the base model)
     ]),
     key=("dataset", "metric"),
 )
@@ -168,10 +172,43 @@ ROLLOUTS = TableSchema(
     ]),
 )
 
+RETENTION = TableSchema(
+    "retention",
+    pa.schema([
+        _f("id", S, False),
+        _f("dataset", S, False),  # the evaluated dataset
+        _f("method", S, False),
+        _f("seed", pa.int64()),  # null: the base model
+        _f("trained_on", S),  # null: the base model
+        _f("ppl_fit", pa.float64()),  # exp(−mean log p_adapted(gold | x)); null without a gold completion
+        _f("ppl_ret", pa.float64(), False),  # exp(−base_logp): the adapted completion under the base model
+        _f("base_logp", pa.float64(), False),  # mean per-token log p_base(y_adapted | x)
+        _f("jsd", pa.float64(), False),  # mean per-token JSD(base ‖ adapted) on the adapted completion, ≤ ln 2
+        _f("num_tokens", pa.int32(), False),  # scored completion tokens
+    ]),
+    key=("id", "method", "seed"),
+)
+
+COMPARISONS = TableSchema(
+    "comparisons",
+    pa.schema([
+        _f("dataset", S, False),  # a dataset name, or "overall"
+        _f("method", S, False),
+        _f("baseline", S, False),  # the method compared against (sft, base, ...)
+        _f("statistic", S, False),  # accuracy_diff | jsd_lower | base_logp_higher | ...
+        _f("value", pa.float64(), False),
+        _f("ci_low", pa.float64()),
+        _f("ci_high", pa.float64()),
+        _f("p_value", pa.float64()),
+        _f("n", pa.int64(), False),  # paired examples (× seeds) behind the value
+    ]),
+    key=("dataset", "method", "baseline", "statistic"),
+)
+
 ALL: dict[str, TableSchema] = {
     t.name: t
     for t in (EXAMPLES, PREDICTIONS, SCORES, NEIGHBORS, INSTRUCTIONS, CONTEXTS, NEGATIVES,
-              TRAIN_STEPS, ROLLOUTS)
+              TRAIN_STEPS, ROLLOUTS, RETENTION, COMPARISONS)
 }
 
 

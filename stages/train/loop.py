@@ -114,6 +114,14 @@ def setup(cfg: TrainConfig, model: ModelConfig, examples: pa.Table, contexts: pa
     prepared, optimizer = acc.prepare(student, optimizer)
     run = Run(cfg, method, acc, prepared, student, tokenizer, teachers, optimizer, scheduler, items, encoder,
               workspace)
+    if cfg.rollout.backend == "vllm":
+        from engines.models import resolve_path
+        from engines.vllm_rollouts import VLLMRollouts
+
+        r = cfg.rollout
+        run.vllm = VLLMRollouts(str(resolve_path(model.path)), tokenizer, lora_rank=cfg.lora.r,
+                                max_prompt_tokens=r.max_prompt_tokens, on_long_prompt=r.on_long_prompt,
+                                max_new_tokens=r.max_new_tokens, gpu_memory_utilization=r.vllm_gpu_memory)
     run.score_bf16 = (cfg.score_precision == "bfloat16"
                       or (cfg.score_precision == "auto" and native_bf16(str(acc.device))))
     _resume(run)

@@ -139,3 +139,12 @@ def test_gkd_mixes_sampled_and_gold_sequences(model_cfg, tables, tmp_path):
         assert c.token_ids == gold[:6] and c.finished == (len(gold) <= 6) and c.text == item.reference
     fit(run)
     assert dict(run.rows[0]["metrics"])["train/loss/divergence"] > 0
+
+
+def test_vllm_backend_without_vllm_fails_before_training(model_cfg, tables, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not importable, whatever this machine has
+    cfg = dataclasses.replace(BASE, rollout=dataclasses.replace(BASE.rollout, backend="vllm"))
+    with pytest.raises(RuntimeError, match="rollout.backend=vllm needs the vllm package"):
+        _setup(cfg, model_cfg, tables, tmp_path)

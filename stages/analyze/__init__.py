@@ -1,0 +1,211 @@
+"""Analyze stage: how far a trained model moved from the base model, example by example.
+
+For one evaluated run (a method's checkpoint, or the base model itself) on one dataset's test split,
+each example gets (REFERENCE §5 "Retention", plus the metrics the reference lacks):
+
+* ``ppl_fit``   = exp(−mean_t log p_adapted(g_t | x, g_<t)) on the gold reference g (with its rationale);
+* ``base_logp`` = mean_t log p_base(y_t | x, y_<t) on the adapted model's own completion y (sample 0 of
+  its `predictions`), and ``ppl_ret`` = exp(−base_logp);
+* ``jsd``       = mean_t JSD(p_base ‖ p_adapted) at the positions of y (β = 0.5, nats, ≤ ln 2).
+
+All positions are teacher-forced under the chat-templated prompt the evaluation used. Completions are
+re-tokenised from their text (plus EOS unless they hit the length limit). Under LoRA one model is
+loaded and the base model is the same weights with the adapter disabled; a full fine-tune loads the
+base model beside the merged checkpoint. The base run itself scores ppl_fit and its own completions
+(jsd = 0). Decoder passes run in length groups, in bfloat16 where the device has native bf16 (hidden
+states return to float32 before the LM head); log-probs and divergences are float32 and chunked, so
+no (rows × T × V) logits are held.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import torch
+
+import schemas
+from engines.generation import chat_ids
+from engines.models import ModelConfig, load_model, native_bf16
+from objectives import chunked_gather_logps, chunked_token_divergence
+from objectives.retention import masked_row_mean
+from stages.train.data import pack, pad_completions
+from stages.train.step import scoring_hidden
+from stages.train.teachers import head_weight
+from storage import StageSpec
+
+log = logging.getLogger(__name__)
+
+SPEC = StageSpec(name="analyze", version=1,
+                 inputs={"examples": schemas.EXAMPLES, "predictions": schemas.PREDICTIONS},
+                 outputs={"retention": schemas.RETENTION})
+
+__all__ = ["SPEC", "AnalyzeConfig", "run"]
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Retention metrics of every evaluated run and paired comparisons between methods."""
+
+    enabled: bool = True
+    """Compute retention tables, comparisons and the report after evaluation."""
+    baseline: str = "sft"
+    """Method the paired statistics compare every other method with (also always compared with base)."""
+    confidence: float = 0.95
+    """Level of every confidence interval (over seeds in tables; bootstrap in comparisons)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples of the paired comparisons."""
+    max_examples: int | None = None
+    """Score at most this many test examples per run (first by id; None = all)."""
+    batch_size: int = 16
+    """Examples per scoring batch."""
+    batch_tokens: int = 8192
+    """Padded-token budget of one decoder pass (rows are grouped by length)."""
+    max_prompt_tokens: int = 2048
+    """Longer prompts are cut from the left (counted in the log)."""
+    max_completion_tokens: int = 512
+    """Gold references and completions are scored up to this many tokens."""
+    chunk_size: int = 64
+    """Tokens per LM-head chunk."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Decoder passes: auto = bfloat16 where the device computes it natively, else float32."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"analyze.confidence must be in (0, 1), got {self.confidence}")
+        for name in ("bootstrap", "batch_size", "batch_tokens", "max_prompt_tokens", "max_completion_tokens",
+                     "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"analyze.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError("analyze.max_examples must be >= 1 or null")
+
+
+@dataclass
+class _Models:
+    adapted: torch.nn.Module
+    base: torch.nn.Module | None
+    """A separate base model (full fine-tune); None when it is `adapted` with its adapter disabled."""
+    tokenizer: object
+    lora: bool
+
+    def base_view(self):
+        if self.lora:
+            return self.adapted.disable_adapter()
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def base_model(self) -> torch.nn.Module:
+        return self.adapted if self.lora else self.base  # type: ignore[return-value]
+
+
+def load_models(model: ModelConfig, checkpoint: Path | None) -> _Models:
+    """The adapted model and a view of the base model (float32 weights)."""
+    fp32 = replace(model, dtype="float32")
+    base, tok = load_model(fp32)
+    if checkpoint is None:
+        return _Models(base, None, tok, lora=False)
+    if (checkpoint / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        adapted = PeftModel.from_pretrained(base, str(checkpoint)).eval()
+        adapted.requires_grad_(False)
+        return _Models(adapted, None, tok, lora=True)
+    merged, _ = load_model(replace(fp32, path=str(checkpoint / "merged")))
+    return _Models(merged, base, tok, lora=False)
+
+
+def run(cfg: AnalyzeConfig, examples: pa.Table, predictions: pa.Table, model: ModelConfig,
+        checkpoint: Path | None, *, method: str, seed: int | None = None,
+        trained_on: str | None = None) -> dict[str, pa.Table]:
+    """Retention rows of one evaluated run; `checkpoint` is the train artifact's `checkpoint/` folder."""
+    gold = {r["id"]: r for r in examples.select(["id", "dataset", "prompt", "reference"]).to_pylist()}
+    preds = sorted((p for p in predictions.to_pylist() if p["sample"] == 0), key=lambda p: p["id"])
+    missing = [p["id"] for p in preds if p["id"] not in gold]
+    if missing:
+        raise ValueError(f"analyze: prediction id {missing[0]!r} is not in the examples table")
+    if cfg.max_examples is not None:
+        preds = preds[:cfg.max_examples]
+    if not preds:
+        return {"retention": schemas.RETENTION.empty()}
+    models = load_models(model, checkpoint)
+    device = next(models.adapted.parameters()).device
+    bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and native_bf16(device.type))
+    rows, cut = [], 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(preds), desc=f"analyze {method}", unit="ex", disable=None)
+    for start in range(0, len(preds), cfg.batch_size):
+        batch = preds[start:start + cfg.batch_size]
+        part, n_cut = _score_batch(cfg, models, [gold[p["id"]] for p in batch], batch, device, bf16,
+                                   scored_run=checkpoint is not None)
+        cut += n_cut
+        rows += [{"id": p["id"], "dataset": gold[p["id"]]["dataset"], "method": method, "seed": seed,
+                  "trained_on": trained_on, **values} for p, values in zip(batch, part)]
+        bar.update(len(batch))
+    bar.close()
+    if cut:
+        log.warning("analyze %s: %d prompts longer than %d tokens were cut from the left", method, cut,
+                    cfg.max_prompt_tokens)
+    return {"retention": schemas.conform(rows, schemas.RETENTION)}
+
+
+def _encode(cfg: AnalyzeConfig, tok, texts: list[str], eos: list[bool]) -> list[list[int]]:
+    out = []
+    for text, add_eos in zip(texts, eos):
+        ids = tok(text, add_special_tokens=False)["input_ids"][:cfg.max_completion_tokens]
+        if add_eos and len(ids) < cfg.max_completion_tokens:
+            ids = ids + [tok.eos_token_id]
+        out.append(ids or [tok.eos_token_id])
+    return out
+
+
+@torch.no_grad()
+def _score_batch(cfg: AnalyzeConfig, models: _Models, items: list[dict], preds: list[dict],
+                 device: torch.device, bf16: bool, *, scored_run: bool) -> tuple[list[dict], int]:
+    tok = models.tokenizer
+    pad = tok.pad_token_id
+    prompts, cut = [], 0
+    for it in items:
+        ids = chat_ids(tok, it["prompt"])
+        if len(ids) > cfg.max_prompt_tokens:
+            ids, cut = ids[-cfg.max_prompt_tokens:], cut + 1
+        prompts.append(ids)
+
+    def hidden_and_tokens(model, seqs: list[list[int]]):
+        tokens, lengths = pad_completions(seqs, pad)
+        mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        packed = pack(prompts, tokens, lengths, pad).to(device)
+        hidden = scoring_hidden(model, packed, tokens.shape[1], bf16, cfg.batch_tokens)
+        mask, tokens = mask.to(device), tokens.to(device)
+        return hidden[mask], tokens[mask], mask
+
+    adapted = models.adapted
+    gold = _encode(cfg, tok, [it["reference"] for it in items], [True] * len(items))
+    h, t, m = hidden_and_tokens(adapted, gold)
+    fit = masked_row_mean(chunked_gather_logps(h, head_weight(adapted), t, chunk_size=cfg.chunk_size), m)
+    own = _encode(cfg, tok, [p["completion"] for p in preds], [not p["truncated"] for p in preds])
+    if scored_run:
+        h_adapted, t, m = hidden_and_tokens(adapted, own)
+        w_adapted = head_weight(adapted)
+        with models.base_view():
+            base = models.base_model()
+            h_base, _, _ = hidden_and_tokens(base, own)
+            w_base = head_weight(base)
+            base_logp = masked_row_mean(chunked_gather_logps(h_base, w_base, t, chunk_size=cfg.chunk_size), m)
+            jsd = masked_row_mean(chunked_token_divergence(h_base, w_base, h_adapted, w_adapted, kind="jsd",
+                                                           beta=0.5, chunk_size=cfg.chunk_size), m)
+    else:
+        h_base, t, m = hidden_and_tokens(adapted, own)
+        base_logp = masked_row_mean(chunked_gather_logps(h_base, head_weight(adapted), t,
+                                                         chunk_size=cfg.chunk_size), m)
+        jsd = torch.zeros_like(base_logp)
+    counts = m.sum(-1)
+    return [{"ppl_fit": math.exp(-float(f)), "base_logp": float(b), "ppl_ret": math.exp(-float(b)),
+             "jsd": max(0.0, float(j)), "num_tokens": int(n)}
+            for f, b, j, n in zip(fit, base_logp, jsd, counts)], cut
