@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the in-process (ephemeral) API server can need more than Prefect's default 20 s on a loaded laptop
@@ -22,9 +23,10 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from stages import pipeline  # noqa: E402
 from storage import Store  # noqa: E402
 from unisd.config import ExperimentConfig, load_experiment  # noqa: E402
-from unisd.report import scores_markdown  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
-STAGES = ("ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate")
+STAGES = ("ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate", "analyze", "compare",
+          "report")
 
 
 def _config(preset: str | None, config_path: str | None, overrides: list[str] | None) -> ExperimentConfig:
@@ -50,49 +52,109 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
         extra = {k: v for k, v in arts.items() if k != "examples"}
         art = pipeline.contexts(store, cfg, arts["examples"], extra, force=force)
     elif stage == "train":
-        art = pipeline.train(store, exp.method_config(args["method"]), exp.model, arts["examples"],
+        art = pipeline.train(store, exp.run_config(args["method"], args["seed"]), exp.model, arts["examples"],
                              arts["contexts"], arts.get("negatives"), args["method"], force=force)
-    else:
+    elif stage == "evaluate":
         art = pipeline.evaluate(store, exp.model, exp.evaluate, arts["examples"], method=args["method"],
-                                checkpoint=arts.get("checkpoint"), force=force)
+                                checkpoint=arts.get("checkpoint"), seed=args.get("seed"),
+                                trained_on=args.get("trained_on"), force=force)
+    elif stage == "analyze":
+        art = pipeline.analyze(store, exp.analyze, exp.model, arts["examples"], arts["evaluate"],
+                               arts.get("checkpoint"), method=args["method"], seed=args.get("seed"),
+                               trained_on=args.get("trained_on"), force=force)
+    elif stage == "compare":
+        art = pipeline.compare(store, exp.analyze, _numbered(arts, "evaluate"), _numbered(arts, "analyze"),
+                               force=force)
+    else:
+        trainings = [(m, s, arts[f"train_{i}"]) for i, (m, s) in enumerate(args["runs"])]
+        art = pipeline.report(store, exp.analyze, exp.name, _numbered(arts, "evaluate"), trainings,
+                              _numbered(arts, "analyze"), arts.get("compare"), force=force)
     get_run_logger().info("%s %s: %s", stage, label, art.key[:12])
     return art.key
+
+
+def _numbered(arts: dict, kind: str) -> list:
+    return [arts[f"{kind}_{i}"] for i in range(sum(k.startswith(f"{kind}_") for k in arts))]
 
 
 PREP = ("negatives", "retrieval", "induction", "contexts")
 
 
-def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: str | None = None) -> list[str]:
-    """Submit every stage the experiment needs, in dependency order; returns the evaluate artifact keys.
+def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: str | None = None) -> Runs:
+    """Submit every stage the experiment needs, in dependency order; returns the runs' artifact refs.
 
+    Every method is trained once per seed on every dataset with a train split, and each checkpoint is
+    evaluated on its own dataset and on the `transfer` targets; then analyze, compare and the report.
     ``only`` names a preprocessing stage (or ingest) to run on every dataset with a train split,
-    whether or not a method needs it; the keys of those artifacts are returned instead."""
+    whether or not a method needs it; their refs are returned in `Runs.prepared`."""
     root = str(exp.store_path)
     store = Store(root)
-    evals: list[str] = []
+    runs = Runs()
 
     def run(stage: str, label: str, **args) -> tuple[str, str]:
         return stage, stage_task(stage, label, root, exp, args, stage in force)
 
-    for i, ds in enumerate(exp.datasets):
-        name = ds.label
-        examples = run("ingest", name, index=i)
-        if only == "ingest":
-            evals.append(examples[1])
-            continue
-        if only in PREP:
-            if "train" in store.get(*examples).table("examples").column("split").to_pylist():
-                evals.append(_prep_only(run, exp, only, name, examples)[1])
-            continue
-        if "base" in exp.methods:
-            evals.append(run("evaluate", f"base-{name}", method="base", inputs={"examples": examples})[1])
-        has_train = "train" in store.get(*examples).table("examples").column("split").to_pylist()
+    examples = {ds.label: run("ingest", ds.label, index=i) for i, ds in enumerate(exp.datasets)}
+    if only == "ingest":
+        runs.prepared = list(examples.values())
+        return runs
+    has_train = {name: "train" in store.get(*ref).table("examples").column("split").to_pylist()
+                 for name, ref in examples.items()}
+    if only in PREP:
+        runs.prepared = [_prep_only(run, exp, only, name, ref) for name, ref in examples.items() if has_train[name]]
+        return runs
+    analyze = exp.analyze.enabled
+    if "base" in exp.methods:
+        for name, ref in examples.items():
+            ev = run("evaluate", f"base-{name}", method="base", inputs={"examples": ref})
+            runs.add(ev, run("analyze", f"base-{name}", method="base", inputs={"examples": ref, "evaluate": ev})
+                     if analyze else None)
+    for name, ref in examples.items():
+        targets = [name] + [p.evaluate for p in exp.transfer if p.train == name]
         for method in (m for m in exp.methods if m != "base"):
             tcfg = exp.method_config(method)
-            if not has_train or (tcfg.datasets and name not in tcfg.datasets):
+            if not has_train[name] or (tcfg.datasets and name not in tcfg.datasets):
                 continue
-            evals.append(_train_and_evaluate(run, exp, tcfg, method, name, examples))
-    return evals
+            for seed in exp.seed_list:
+                ckpt = _train(run, exp, tcfg, method, seed, name, ref)
+                runs.trainings.append((method, seed, ckpt))
+                for target in targets:
+                    label = f"{method}-s{seed}-{name}" + (f"-on-{target}" if target != name else "")
+                    tag = {"method": method, "seed": seed, "trained_on": name}
+                    ev = run("evaluate", label, **tag, inputs={"examples": examples[target], "checkpoint": ckpt})
+                    an = run("analyze", label, **tag, inputs={"examples": examples[target], "evaluate": ev,
+                                                              "checkpoint": ckpt}) if analyze else None
+                    runs.add(ev, an)
+    if analyze and runs.evaluations:
+        inputs = runs.inputs()
+        cmp = run("compare", exp.name, inputs=inputs) if runs.analyses else None
+        if cmp is not None:
+            inputs["compare"] = cmp
+        train_inputs = {f"train_{i}": ckpt for i, (_, _, ckpt) in enumerate(runs.trainings)}
+        runs.report = run("report", exp.name, runs=[[m, s] for m, s, _ in runs.trainings],
+                          inputs={**inputs, **train_inputs})
+    return runs
+
+
+class Runs:
+    """(stage, key) refs of an experiment's artifacts, collected for compare and the report."""
+
+    def __init__(self) -> None:
+        self.evaluations: list = []
+        self.analyses: list = []
+        self.trainings: list = []
+        self.report = None
+        self.prepared: list = []
+        """Preprocessing artifacts of a single-stage run (`only`)."""
+
+    def add(self, evaluation, analysis) -> None:
+        self.evaluations.append(evaluation)
+        if analysis is not None:
+            self.analyses.append(analysis)
+
+    def inputs(self) -> dict:
+        return {**{f"evaluate_{i}": ev for i, ev in enumerate(self.evaluations)},
+                **{f"analyze_{i}": an for i, an in enumerate(self.analyses)}}
 
 
 def _prep_only(run, exp: ExperimentConfig, stage: str, name: str, examples):
@@ -108,7 +170,7 @@ def _prep_only(run, exp: ExperimentConfig, stage: str, name: str, examples):
                num_views=exp.contexts.num_views, inputs={"examples": examples, **extra})
 
 
-def _train_and_evaluate(run, exp: ExperimentConfig, tcfg, method: str, name: str, examples) -> str:
+def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, examples):
     agree = tcfg.agreement.level != "none"
     extra = {}
     if tcfg.contrastive.weight > 0:
@@ -123,16 +185,22 @@ def _train_and_evaluate(run, exp: ExperimentConfig, tcfg, method: str, name: str
     inputs = {"examples": examples, "contexts": ctx}
     if "negatives" in extra:
         inputs["negatives"] = extra["negatives"]
-    ckpt = run("train", f"{method}-{name}", method=method, inputs=inputs)
-    return run("evaluate", f"{method}-{name}", method=method, inputs={"examples": examples, "checkpoint": ckpt})[1]
+    return run("train", f"{method}-s{seed}-{name}", method=method, seed=seed, inputs=inputs)
 
 
-def _publish(exp: ExperimentConfig, eval_keys: list[str]) -> str:
+def _publish(exp: ExperimentConfig, runs: Runs) -> str:
+    """The Markdown results (Table 1 with CIs over seeds, retention, comparisons) as a Prefect artifact."""
+    from unisd.report import report_markdown
+
     store = Store(exp.store_path)
-    tables = [store.get("evaluate", k).table("scores") for k in eval_keys]
-    md = scores_markdown(tables, title=f"UniSD scores — {exp.name}")
+    scores = [store.get(*ref).table("scores") for ref in runs.evaluations]
+    retention = [store.get(*ref).table("retention") for ref in runs.analyses]
+    md = report_markdown(f"UniSD — {exp.name}", scores, retention=pa.concat_tables(retention) if retention else None,
+                         confidence=exp.analyze.confidence)
+    if runs.report is not None:
+        md += f"\nReport: {store.get(*runs.report).path / 'files' / 'report.html'}\n"
     try:
-        create_markdown_artifact(markdown=md, key="unisd-scores", description=f"scores of {exp.name}")
+        create_markdown_artifact(markdown=md, key="unisd-results", description=f"results of {exp.name}")
     except Exception as e:  # an artifact is a convenience; never fail the run for it
         logging.getLogger(__name__).warning("could not create the Prefect artifact: %s", e)
     return md
@@ -143,9 +211,33 @@ def unisd(preset: str = "default", config_path: str | None = None, overrides: li
           force: bool = False) -> str:
     """Run every stage of an experiment; finished stages are served from the store."""
     exp = _config(preset, config_path, overrides)
-    keys = run_experiment(exp, set(STAGES) if force else set())
+    runs = run_experiment(exp, set(STAGES) if force else set())
     get_run_logger().info("store: %s", exp.store_path)
-    return _publish(exp, keys)
+    return _publish(exp, runs)
+
+
+def write_report(exp: ExperimentConfig, out: Path, *, force: bool = False) -> Path:
+    """Run the experiment (finished stages come from the store) and copy its report to `out`."""
+    import shutil
+
+    if not exp.analyze.enabled:
+        raise ValueError("analyze.enabled is false: the experiment has no report")
+    runs = unisd_runs(exp, force)
+    if runs.report is None:
+        raise ValueError(f"experiment {exp.name!r} evaluated nothing, so there is nothing to report")
+    src = Store(exp.store_path).get(*runs.report).path / "files"
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out.resolve()
+
+
+@flow(name="unisd-report")
+def unisd_runs(exp: ExperimentConfig, force: bool = False) -> Runs:
+    """The experiment's runs, computing whatever the store lacks (the report among them)."""
+    return run_experiment(exp, {"report"} if force else set())
 
 
 def _stage_flow(stage: str):
@@ -153,8 +245,8 @@ def _stage_flow(stage: str):
     def stage_flow(preset: str = "default", config_path: str | None = None,
                    overrides: list[str] | None = None, force: bool = True) -> str:
         exp = _config(preset, config_path, overrides)
-        keys = run_experiment(exp, {stage} if force else set(), only=stage if stage in ("ingest", *PREP) else None)
-        return _publish(exp, keys) if stage in ("train", "evaluate") else "\n".join(keys)
+        runs = run_experiment(exp, {stage} if force else set(), only=stage if stage in ("ingest", *PREP) else None)
+        return "\n".join(ref[1] for ref in runs.prepared) if runs.prepared else _publish(exp, runs)
 
     stage_flow.__doc__ = f"Recompute the {stage} stage (force=True); everything else comes from the store."
     return stage_flow

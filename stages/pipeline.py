@@ -17,6 +17,7 @@ from engines import assets
 from engines.continuous import ContinuousGenerator
 from engines.generation import HFGenerator
 from engines.models import ModelConfig, fingerprint, load_model
+from stages import analyze as analyze_stage
 from stages import contexts as contexts_stage
 from stages import evaluate as evaluate_stage
 from stages import induction as induction_stage
@@ -24,12 +25,15 @@ from stages import ingest as ingest_stage
 from stages import negatives as negatives_stage
 from stages import retrieval as retrieval_stage
 from stages import train as train_stage
+from stages.analyze.compare import compare as compare_runs
 from storage import Artifact, Store, StageSpec
 
 log = logging.getLogger(__name__)
 
 INGEST_SPEC = StageSpec(name="ingest", version=ingest_stage.VERSION, inputs={},
                         outputs={"examples": evaluate_stage.SPEC.inputs["examples"]})
+COMPARE_SPEC = StageSpec(name="compare", version=1, inputs={}, outputs={"comparisons": schemas.COMPARISONS})
+REPORT_SPEC = StageSpec(name="report", version=1, inputs={}, outputs={})
 
 
 def ingest(store: Store, cfg: ingest_stage.IngestConfig, *, force: bool = False) -> Artifact:
@@ -104,7 +108,8 @@ def _with_columns(table, **values):
     import pyarrow as pa
 
     for name, value in values.items():
-        col = pa.array([value] * table.num_rows, pa.string())
+        typ = pa.int64() if isinstance(value, int) else pa.string()
+        col = pa.array([value] * table.num_rows, typ)
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, col)
         else:
@@ -118,8 +123,10 @@ def _loaded(model: ModelConfig):
 
 
 def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfig, examples: Artifact,
-             *, method: str = "base", checkpoint: Artifact | None = None, force: bool = False) -> Artifact:
-    """Evaluate ``model`` (or a trained ``checkpoint`` of it, labelled ``method``) on one examples artifact."""
+             *, method: str = "base", checkpoint: Artifact | None = None, seed: int | None = None,
+             trained_on: str | None = None, force: bool = False) -> Artifact:
+    """Evaluate ``model`` (or a trained ``checkpoint`` of it, labelled ``method``, its training ``seed``
+    and the dataset it ``trained_on``) on one examples artifact."""
     inputs = {"examples": examples}
     spec = evaluate_stage.SPEC
     weights = fingerprint(model.path)
@@ -130,13 +137,94 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
         inputs["checkpoint"] = checkpoint
         spec = replace(spec, inputs={**spec.inputs, "checkpoint": train_stage.SPEC.outputs["train_steps"]})
     key_config = {"evaluate": asdict(cfg), "model": weights, "model_label": model.label,
-                  "dtype": model.dtype, "method": method}
+                  "dtype": model.dtype, "method": method, "seed": seed, "trained_on": trained_on}
 
     def compute(ws):
         m, tok = _loaded(model)
         engine = ContinuousGenerator if cfg.engine == "continuous" else HFGenerator
         gen = engine(m, tok, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
                      on_long_prompt=cfg.on_long_prompt)
-        return evaluate_stage.run(cfg, examples.table("examples"), gen, ws, model.label, method)
+        out = evaluate_stage.run(cfg, examples.table("examples"), gen, ws, model.label, method)
+        if seed is None and trained_on is None:
+            return out
+        return {name: _with_columns(t, seed=seed, trained_on=trained_on) for name, t in out.items()}
 
     return store.materialize(spec, key_config, inputs, compute, force=force)
+
+
+def analyze(store: Store, cfg: analyze_stage.AnalyzeConfig, model: ModelConfig, examples: Artifact,
+            evaluation: Artifact, checkpoint: Artifact | None, *, method: str, seed: int | None = None,
+            trained_on: str | None = None, force: bool = False) -> Artifact:
+    """Retention rows of one evaluated run (the base model when `checkpoint` is None)."""
+    inputs = {"examples": examples, "predictions": evaluation}
+    spec = analyze_stage.SPEC
+    if checkpoint is not None:
+        inputs["checkpoint"] = checkpoint
+        spec = replace(spec, inputs={**spec.inputs, "checkpoint": train_stage.SPEC.outputs["train_steps"]})
+    scoring = {k: v for k, v in asdict(cfg).items() if k not in ("enabled", "baseline", "confidence", "bootstrap")}
+    key = {"analyze": scoring, "model": fingerprint(model.path), "method": method, "seed": seed,
+           "trained_on": trained_on}
+
+    def compute(ws):
+        folder = checkpoint.file("checkpoint") if checkpoint is not None else None
+        return analyze_stage.run(cfg, examples.table("examples"), evaluation.table("predictions"), model, folder,
+                                 method=method, seed=seed, trained_on=trained_on)
+
+    return store.materialize(spec, key, inputs, compute, force=force)
+
+
+def _numbered(kind: str, schema, arts: list[Artifact]) -> tuple[dict, dict]:
+    names = {f"{kind}_{i}": a for i, a in enumerate(arts)}
+    return names, {name: schema for name in names}
+
+
+def compare(store: Store, cfg: analyze_stage.AnalyzeConfig, evaluations: list[Artifact],
+            analyses: list[Artifact], *, force: bool = False) -> Artifact:
+    """The `comparisons` table over every evaluated run (paired per example)."""
+    evals, eval_schemas = _numbered("evaluate", schemas.PREDICTIONS, evaluations)
+    rets, ret_schemas = _numbered("analyze", schemas.RETENTION, analyses)
+    spec = replace(COMPARE_SPEC, inputs={**eval_schemas, **ret_schemas})
+    key = {"baseline": cfg.baseline, "bootstrap": cfg.bootstrap, "confidence": cfg.confidence}
+
+    def compute(ws):
+        table = compare_runs([a.table("predictions") for a in evaluations], [a.table("retention") for a in analyses],
+                             baseline=cfg.baseline, n_resamples=cfg.bootstrap, confidence=cfg.confidence)
+        return {"comparisons": table}
+
+    return store.materialize(spec, key, {**evals, **rets}, compute, force=force)
+
+
+def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluations: list[Artifact],
+           trainings: list[tuple[str, int, Artifact]], analyses: list[Artifact], comparison: Artifact | None, *,
+           force: bool = False) -> Artifact:
+    """The experiment report (report.md, report.html, figures/*.png) as an artifact's files."""
+    from unisd.report import write_report
+
+    evals, eval_schemas = _numbered("evaluate", schemas.SCORES, evaluations)
+    train_arts, train_schemas = _numbered("train", schemas.TRAIN_STEPS, [a for _, _, a in trainings])
+    rets, ret_schemas = _numbered("analyze", schemas.RETENTION, analyses)
+    inputs, input_schemas = {**evals, **train_arts, **rets}, {**eval_schemas, **train_schemas, **ret_schemas}
+    if comparison is not None:
+        inputs["compare"], input_schemas["compare"] = comparison, schemas.COMPARISONS
+    spec = replace(REPORT_SPEC, inputs=input_schemas)
+    key = {"title": title, "confidence": cfg.confidence, "runs": [[m, s] for m, s, _ in trainings]}
+
+    def compute(ws):
+        steps = [(m, s, a.table("train_steps")) for m, s, a in trainings]
+        trained_on = [",".join(sorted(set(t.column("dataset").to_pylist()))) for _, _, t in steps]
+        if len(set(trained_on)) > 1:  # one curve per (method, seed, dataset)
+            steps = [(f"{m} · {d}", s, t) for (m, s, t), d in zip(steps, trained_on)]
+        write_report(ws.files, title=title, scores=[a.table("scores") for a in evaluations],
+                     train_steps=steps,
+                     retention=_concat([a.table("retention") for a in analyses]),
+                     comparisons=comparison.table("comparisons") if comparison is not None else None,
+                     confidence=cfg.confidence)
+        return {}
+
+    return store.materialize(spec, key, inputs, compute, force=force)
+
+
+def _concat(tables):
+    import pyarrow as pa
+
+    return pa.concat_tables(tables) if tables else None

@@ -1,7 +1,8 @@
 """The `unisd` command line: run the pipeline, rerun a stage, query results, manage the store and assets.
 
     unisd run [--preset NAME | --config FILE] [key=value ...] [--force]
-    unisd stage ingest|evaluate [--preset ... | --config ...] [key=value ...]
+    unisd stage ingest|evaluate|analyze|... [--preset ... | --config ...] [key=value ...]
+    unisd report [--preset ... | --config ...] [key=value ...] [--out DIR]
     unisd sql "SELECT dataset, metric, value, n FROM scores" [--format table|csv|json]
     unisd store ls [--stage S] | unisd store gc [--dry-run]
     unisd assets install | verify | path
@@ -39,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_config_args(sub.add_parser("run", help="run the whole pipeline in-process (Prefect ephemeral mode)"))
     st = sub.add_parser("stage", help="run a single stage (and whatever it needs from the store)")
-    st.add_argument("stage", choices=["ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate"])
+    st.add_argument("stage", choices=["ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate",
+                                      "analyze", "compare", "report"])
     _add_config_args(st)
+    rp = sub.add_parser("report", help="write the experiment report (Markdown, HTML, PNG figures) to a folder")
+    _add_config_args(rp)
+    rp.add_argument("--out", help="output folder (default: ./report-<experiment name>)")
     sq = sub.add_parser("sql", help="SQL over the DuckDB catalog of the store")
     sq.add_argument("query")
     sq.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -126,8 +131,8 @@ def _dispatch(args) -> int:
     # validate before Prefect spins up, so a bad key fails in milliseconds with one line
     from unisd.config import load_experiment
 
-    if args.cmd in ("run", "stage"):
-        load_experiment(args.preset, args.config, args.overrides)
+    if args.cmd in ("run", "stage", "report"):
+        exp = load_experiment(args.preset, args.config, args.overrides)
     from flows import pipeline as flows
 
     if args.cmd == "serve":
@@ -137,6 +142,9 @@ def _dispatch(args) -> int:
                   force=args.force)
     if args.cmd == "run":
         print(flows.unisd(**kwargs))
+    elif args.cmd == "report":
+        out = flows.write_report(exp, Path(args.out or f"report-{exp.name}"), force=args.force)
+        print(out / "report.html")
     else:
         flows.STAGE_FLOWS[args.stage](**kwargs)
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from engines.models import ModelConfig, resolve_path
+from stages.analyze import AnalyzeConfig
 from stages.contexts import ContextsConfig
 from stages.evaluate import EvaluateConfig
 from stages.induction import InductionConfig
@@ -29,6 +30,16 @@ METHOD_DIR = CONFIG_DIR / "methods"
 
 def method_names() -> list[str]:
     return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class TransferPair:
+    """Evaluate the checkpoints trained on one dataset on another dataset's test split as well."""
+
+    train: str
+    """Label of the dataset the methods train on (e.g. scienceqa, mbpp)."""
+    evaluate: str
+    """Label of the dataset whose test split the checkpoints are also evaluated on (e.g. gpqa, humaneval)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,13 @@ class ExperimentConfig:
     """Nearest-neighbour donors for retrieval views (built only when a method uses them)."""
     induction: InductionConfig = field(default_factory=InductionConfig)
     """Induced task instructions for induction views (built only when a method uses them)."""
+    seeds: tuple[int, ...] = ()
+    """Training seeds: every method is trained once per seed (a sweep of methods × datasets × seeds);
+    empty = the single seed `train.seed`. Tables report mean ± CI over seeds."""
+    transfer: tuple[TransferPair, ...] = ()
+    """Out-of-distribution pairs: checkpoints trained on `train` are also evaluated on `evaluate`."""
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    """Retention metrics, paired comparisons and the report (after every evaluation)."""
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -78,6 +96,27 @@ class ExperimentConfig:
         for m in self.methods:
             if m != "base":
                 self.method_config(m)  # validate every method's merged training config up front
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: a seed is listed twice")
+        labels = [d.label for d in self.datasets]
+        for i, pair in enumerate(self.transfer):
+            for side in ("train", "evaluate"):
+                if getattr(pair, side) not in labels:
+                    raise ValueError(f"transfer[{i}].{side}: {getattr(pair, side)!r} is not one of the datasets "
+                                     f"({', '.join(labels)})")
+            if pair.train == pair.evaluate:
+                raise ValueError(f"transfer[{i}]: train and evaluate are the same dataset {pair.train!r}")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The training seeds of every method (`seeds`, or `train.seed` alone)."""
+        return self.seeds or (self.train.seed,)
+
+    def run_config(self, method: str, seed: int) -> TrainConfig:
+        """`method_config(method)` with its training seed set to `seed`."""
+        from dataclasses import replace
+
+        return replace(self.method_config(method), seed=seed)
 
     def method_config(self, method: str) -> TrainConfig:
         """The training config of ``method``: `train` overlaid by `configs/methods/<method>.yaml`."""

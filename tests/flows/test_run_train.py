@@ -25,7 +25,8 @@ def test_training_methods_end_to_end(tmp_path, tiny_model_dir):
     stages = {r["stage"]: r["n"] for r in rows}
     # 2 datasets: ingest 2, negatives 2, retrieval 2, contexts 2 per strategy, train 2 per method,
     # evaluate 2 per method (base, sd, unisd_star)
-    assert stages == {"ingest": 2, "negatives": 2, "retrieval": 2, "contexts": 4, "train": 4, "evaluate": 6}
+    assert stages == {"ingest": 2, "negatives": 2, "retrieval": 2, "contexts": 4, "train": 4, "evaluate": 6,
+                      "analyze": 6, "compare": 1, "report": 1}
     terms = query(store, "SELECT DISTINCT unnest(map_keys(metrics)) k FROM train_steps WHERE method = 'unisd_star'")
     keys = set(terms.column("k").to_pylist())
     assert {"train/loss/divergence", "train/loss/contrastive", "train/loss/features",
