@@ -215,7 +215,9 @@ def _sections(scores: Scores, retention: pa.Table | None, comparisons: pa.Table 
         def opt(x: float | None, fmt: str) -> str:
             return "–" if x is None else format(x, fmt)
         out.append(_Section(
-            "Paired comparisons", "Method against baseline on the examples both answered (each averaged over shared seeds). CI: bootstrap over examples; p: paired sign-flip test (accuracy only).",
+            "Paired comparisons",
+            "Method against baseline on the examples both answered (each averaged over shared seeds). "
+            "CI: bootstrap over examples; p: paired sign-flip test (accuracy only).",
             ["dataset", "method", "baseline", "statistic", "value", "CI", "p", "n"],
             [[r["dataset"], r["method"], r["baseline"], r["statistic"], f"{r['value']:+.3f}",
               "–" if r["ci_low"] is None else f"[{r['ci_low']:+.3f}, {opt(r['ci_high'], '+.3f')}]",

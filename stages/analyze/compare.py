@@ -72,10 +72,6 @@ def _paired(method: dict[int | None, dict[str, float]], baseline: dict[int | Non
     return ids, a, b
 
 
-def _baselines(group: str, methods: set[str], baseline: str) -> list[str]:
-    return [b for b in dict.fromkeys((baseline, BASE)) if b in methods]
-
-
 def compare(predictions: Iterable[pa.Table], retention: Iterable[pa.Table], *, baseline: str = "sft",
             n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> pa.Table:
     """The `comparisons` table of every method against `baseline` and the base model."""
@@ -86,19 +82,17 @@ def compare(predictions: Iterable[pa.Table], retention: Iterable[pa.Table], *, b
     methods_by_group: dict[str, set[str]] = defaultdict(set)
     for group, method in correct:
         methods_by_group[group].add(method)
-    if any(r["trained_on"] not in (None, r["dataset"]) for r in preds):
-        for group in list(methods_by_group):  # a transfer column pairs with the base run of its dataset
-            if "→" in group and (group.split("→")[1], BASE) in correct:
-                correct[(group, BASE)] = correct[(group.split("→")[1], BASE)]
-                methods_by_group[group].add(BASE)
+    for group in list(methods_by_group):  # a transfer column pairs with the base run of its dataset
+        evaluated = group.split("→")[-1]
+        if evaluated != group and (evaluated, BASE) in correct:
+            correct[(group, BASE)] = correct[(evaluated, BASE)]
+            methods_by_group[group].add(BASE)
     kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     out = []
     for group in sorted(methods_by_group):
         methods = methods_by_group[group]
         for method in sorted(methods - {BASE}):
-            for base in _baselines(group, methods, baseline):
-                if base == method:
-                    continue
+            for base in (b for b in dict.fromkeys((baseline, BASE)) if b in methods and b != method):
                 ids, a, b = _paired(correct[(group, method)], correct[(group, base)])
                 if not ids:
                     continue

@@ -32,6 +32,10 @@ def test_overrides_are_typed_and_applied():
     ("model.path=/nonexistent/model", "does not exist"),
     ("methods=[base,unknown]", "unknown method 'unknown'"),
     ("nokey", "expected key=value"),
+    ("seeds=[1,1]", "seeds: a seed is listed twice"),
+    ("transfer=[{train: medmcqa, evaluate: gpqa}]", "transfer[0].evaluate: 'gpqa' is not one of the datasets"),
+    ("transfer=[{train: medmcqa, evaluate: medmcqa}]", "train and evaluate are the same dataset"),
+    ("analyze.confidence=1.2", "analyze.confidence must be in (0, 1)"),
 ])
 def test_bad_config_is_one_clear_line(override, message):
     with pytest.raises(ConfigError) as err:
@@ -79,3 +83,10 @@ def test_every_config_field_is_documented():
 
     for cls in (ExperimentConfig, ModelConfig, EvaluateConfig, IngestConfig):
         walk(cls, set())
+
+
+def test_sweep_seeds_reach_each_training_run():
+    exp = load_experiment("smoke_sweep")
+    assert exp.seed_list == (0, 1) and load_experiment("smoke").seed_list == (0,)
+    assert [exp.run_config("sd", s).seed for s in exp.seed_list] == [0, 1]
+    assert exp.transfer[0].train == "medmcqa" and exp.transfer[0].evaluate == "math"
