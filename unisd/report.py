@@ -152,24 +152,33 @@ def summary_table(scores: Scores, confidence: float = 0.95) -> tuple[list[str], 
     return [*columns, OVERALL], out
 
 
-def retention_summary(retention: pa.Table | None, confidence: float = 0.95) -> list[dict]:
-    """One row per method: ``{"method", "n_examples", "ppl_fit", "ppl_ret", "jsd", "base_logp"}``.
+def retention_summary(retention: pa.Table | None, confidence: float = 0.95, *,
+                      by_dataset: bool = False) -> list[dict]:
+    """One row per method (per method and dataset column with `by_dataset`):
+    ``{"method", "dataset", "n_examples", "ppl_fit", "ppl_ret", "jsd", "base_logp"}``.
 
-    For each field, per seed the mean over that seed's examples (all evaluated datasets pooled; null and
-    non-finite values skipped), then a Cell of mean ± CI over seeds (None when no value).
+    For each field, per seed the mean over that seed's examples (null and non-finite values skipped;
+    every evaluated dataset pooled unless `by_dataset`), then a Cell of mean ± CI over seeds (None when
+    no value). `dataset` is the column label of Table 1, or None when pooled.
     """
     if retention is None:
         return []
-    per: dict[str, dict[int | None, list[dict]]] = {}
+    per: dict[tuple[str, str | None], dict[int | None, list[dict]]] = {}
     for r in retention.to_pylist():
-        per.setdefault(r["method"], {}).setdefault(r["seed"], []).append(r)
+        label = column_label(r["dataset"], r["trained_on"]) if by_dataset else None
+        per.setdefault((r["method"], label), {}).setdefault(r["seed"], []).append(r)
+    labels = list(dict.fromkeys(label for _, label in per))
     out = []
-    for method in _ordered(list(per)):
-        row: dict = {"method": method, "n_examples": sum(len(ex) for ex in per[method].values())}
-        for field in RETENTION_FIELDS:
-            finite = [_finite([e[field] for e in ex]) for ex in per[method].values()]
-            row[field] = _cell([sum(v) / len(v) for v in finite if v], confidence)
-        out.append(row)
+    for method in _ordered(list(dict.fromkeys(m for m, _ in per))):
+        for label in labels:
+            if (method, label) not in per:
+                continue
+            runs = per[(method, label)]
+            row: dict = {"method": method, "dataset": label, "n_examples": sum(len(ex) for ex in runs.values())}
+            for field in RETENTION_FIELDS:
+                finite = [_finite([e[field] for e in ex]) for ex in runs.values()]
+                row[field] = _cell([sum(v) / len(v) for v in finite if v], confidence)
+            out.append(row)
     return out
 
 
@@ -203,14 +212,15 @@ def _sections(scores: Scores, retention: pa.Table | None, comparisons: pa.Table 
             if rows else "No scores.")
     out = [_Section("Table 1: results", note, ["method", *columns],
                     [[r["method"], *(_text(r[c]) for c in columns)] for r in rows])]
-    ret = retention_summary(retention, confidence)
+    ret = retention_summary(retention, confidence, by_dataset=True)
     if ret:
         out.append(_Section(
             "Retention", f"Per seed, the mean over examples; then mean ± {level} CI over seeds. PPL_fit: "
             "perplexity of gold completions under the adapted model; PPL_ret: of the adapted model's "
             "completions under the base model; JSD: per-token JSD(base ‖ adapted), ≤ ln 2.",
-            ["method", "examples", *RETENTION_FIELDS.values()],
-            [[r["method"], str(r["n_examples"]), *(_text(r[f]) for f in RETENTION_FIELDS)] for r in ret]))
+            ["method", "dataset", "examples", *RETENTION_FIELDS.values()],
+            [[r["method"], r["dataset"], str(r["n_examples"]), *(_text(r[f]) for f in RETENTION_FIELDS)]
+             for r in ret], text_columns=2))
     if comparisons is not None and comparisons.num_rows:
         def opt(x: float | None, fmt: str) -> str:
             return "–" if x is None else format(x, fmt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,14 @@ from storage.catalog import query
 
 pytestmark = pytest.mark.integration
 UNISD = str(Path(sys.executable).parent / "unisd")
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_recipes() -> list[str]:
+    """Every statement of the README's ```sql blocks (comments stripped)."""
+    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.S)
+    text = "\n".join(line for b in blocks for line in b.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in text.split(";") if s.strip()]
 
 
 def test_sweep_end_to_end_then_served_from_the_store(tmp_path, tiny_model_dir):
@@ -44,11 +53,18 @@ def test_sweep_end_to_end_then_served_from_the_store(tmp_path, tiny_model_dir):
     assert ("medmcqa→math", "sd", "base", "accuracy_diff") in stats
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| method | medmcqa | math | medmcqa→math | Overall |" in md
+    assert "| method | dataset | examples | PPL_fit | PPL_ret | JSD | base log p |" in md
+    assert "| sd | medmcqa→math | 8 |" in md  # 4 maths test items × 2 seeds
     for method in ("base", "sft", "sd", "unisd_star"):
         assert f"| {method} |" in md
     assert len(list((tmp_path / "report" / "figures").glob("*.png"))) == 3
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
+
+    recipes = readme_recipes()
+    assert len(recipes) >= 8
+    for sql in recipes:  # the README's SQL recipes run on a real sweep's store and return rows
+        assert query(store, sql).num_rows > 0, sql
 
     started = time.monotonic()  # everything again: served from the store, nothing recomputed
     res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
