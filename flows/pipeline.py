@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # the in-process (ephemeral) API server can need more than Prefect's default 20 s on a loaded laptop
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+import pyarrow as pa  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -23,7 +24,6 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from stages import pipeline  # noqa: E402
 from storage import Store  # noqa: E402
 from unisd.config import ExperimentConfig, load_experiment  # noqa: E402
-import pyarrow as pa  # noqa: E402
 
 STAGES = ("ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate", "analyze", "compare",
           "report")
@@ -190,7 +190,7 @@ def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, 
 
 def _publish(exp: ExperimentConfig, runs: Runs) -> str:
     """The Markdown results (Table 1 with CIs over seeds, retention, comparisons) as a Prefect artifact."""
-    from unisd.report import report_markdown
+    from stages.report import report_markdown
 
     store = Store(exp.store_path)
     scores = [store.get(*ref).table("scores") for ref in runs.evaluations]

@@ -26,7 +26,7 @@ from stages import negatives as negatives_stage
 from stages import retrieval as retrieval_stage
 from stages import train as train_stage
 from stages.analyze.compare import compare as compare_runs
-from storage import Artifact, Store, StageSpec
+from storage import Artifact, StageSpec, Store
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluatio
            trainings: list[tuple[str, int, Artifact]], analyses: list[Artifact], comparison: Artifact | None, *,
            force: bool = False) -> Artifact:
     """The experiment report (report.md, report.html, figures/*.png) as an artifact's files."""
-    from unisd.report import write_report
+    from stages.report import write_report
 
     evals, eval_schemas = _numbered("evaluate", schemas.SCORES, evaluations)
     train_arts, train_schemas = _numbered("train", schemas.TRAIN_STEPS, [a for _, _, a in trainings])

@@ -30,7 +30,8 @@ BASE = "base"
 
 
 def group_label(dataset: str, trained_on: str | None) -> str:
-    """The dataset column label of a run: the dataset, or `train→evaluated` for a transfer pair."""
+    """The dataset column label of a run (Table 1, comparisons): the evaluated dataset, or
+    ``"{trained_on}→{dataset}"`` for an out-of-distribution evaluation."""
     return dataset if trained_on in (None, dataset) else f"{trained_on}→{dataset}"
 
 

@@ -16,7 +16,7 @@ from matplotlib.image import imread
 from scipy import stats as sps
 
 import schemas
-from unisd import report
+from stages import report
 
 SFT_ID = {0: 0.40, 1: 0.46, 2: 0.43}  # sft on medmcqa, evaluated on medmcqa
 SFT_OOD = {0: 0.12, 1: 0.15, 2: 0.11}  # sft trained on medmcqa, evaluated on humaneval

@@ -2,7 +2,7 @@
 
 A summary cell is the mean over training seeds of one per-seed value ± the half-width of its Student-t
 confidence interval, t_{(1+c)/2, n−1} · s / √n (`objectives.stats.mean_ci`); a single value (the base model,
-or a single seed) has no interval. `scores_markdown` is the short per-run listing used as the Prefect artifact.
+or a single seed) has no interval.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from objectives.stats import mean_ci
-from unisd import plots
-from unisd.plots import Run
+from stages.analyze.compare import group_label as column_label
+from stages.report import plots
+from stages.report.plots import Run
 
 PRIMARY_METRICS = ("accuracy", "pass@1", "full_acc")
 BASE = "base"
@@ -33,19 +34,6 @@ FIGURES = {
 }
 
 Scores = pa.Table | Sequence[pa.Table]
-
-
-def scores_markdown(tables: list[pa.Table], title: str = "Scores") -> str:
-    """A Markdown table: one row per (dataset, model, method) with its primary metric, n and stderr."""
-    rows = [r for t in tables for r in t.to_pylist() if r["metric"] in PRIMARY_METRICS]
-    rows.sort(key=lambda r: (r["dataset"], r["method"], r["model"]))
-    lines = [f"## {title}", "", "| dataset | model | method | metric | value | ± s.e. | n |",
-             "|---|---|---|---|---:|---:|---:|"]
-    for r in rows:
-        se = f"{r['stderr']:.3f}" if r["stderr"] is not None else ""
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['method']} | {r['metric']} | "
-                     f"{r['value']:.3f} | {se} | {r['n']} |")
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -98,11 +86,6 @@ def _primary(rows: list[dict]) -> dict[str, str]:
         present.setdefault(r["dataset"], set()).add(r["metric"])
     return {d: next(m for m in PRIMARY_METRICS if m in ms)
             for d, ms in present.items() if any(m in ms for m in PRIMARY_METRICS)}
-
-
-def column_label(dataset: str, trained_on: str | None) -> str:
-    """The evaluated dataset, or ``"{trained_on}→{dataset}"`` for an out-of-distribution evaluation."""
-    return dataset if trained_on in (None, dataset) else f"{trained_on}→{dataset}"
 
 
 def _seed_values(rows: list[dict]) -> tuple[dict[str, str], dict[str, dict[str, dict[int | None, float]]]]:
