@@ -103,7 +103,8 @@ def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: s
     if only in PREP:
         runs.prepared = [_prep_only(run, exp, only, name, ref) for name, ref in examples.items() if has_train[name]]
         return runs
-    analyze = exp.analyze.enabled
+    # retention and comparisons describe trained models: a base-only experiment gets just the report
+    analyze = exp.analyze.enabled and any(m != "base" for m in exp.methods)
     if "base" in exp.methods:
         for name, ref in examples.items():
             ev = run("evaluate", f"base-{name}", method="base", inputs={"examples": ref})
@@ -125,7 +126,7 @@ def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: s
                     an = run("analyze", label, **tag, inputs={"examples": examples[target], "evaluate": ev,
                                                               "checkpoint": ckpt}) if analyze else None
                     runs.add(ev, an)
-    if analyze and runs.evaluations:
+    if exp.analyze.enabled and runs.evaluations:
         inputs = runs.inputs()
         cmp = run("compare", exp.name, inputs=inputs) if runs.analyses else None
         if cmp is not None:

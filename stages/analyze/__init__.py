@@ -52,7 +52,7 @@ class AnalyzeConfig:
     """Retention metrics of every evaluated run and paired comparisons between methods."""
 
     enabled: bool = True
-    """Compute retention tables, comparisons and the report after evaluation."""
+    """After evaluation, compute retention tables and comparisons (when a method is trained) and the report."""
     baseline: str = "sft"
     """Method the paired statistics compare every other method with (also always compared with base)."""
     confidence: float = 0.95
