@@ -19,9 +19,10 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,37 @@ def head_weight(model: nn.Module) -> Tensor:
     return head.weight
 
 
+@contextmanager
+def merged_lora(model: nn.Module, adapter: str) -> Iterator[int]:
+    """Run every LoRA linear of `adapter` as one matmul with W + s·B·A (yields how many were patched).
+
+    The same function as the adapter's eval-mode forward (dropout is the identity there), without the
+    low-rank side path, which on CPU costs about as much as the layer itself on small models. Meant for
+    the no-grad teacher passes with `adapter` the only active adapter; W is never modified (the sum
+    is formed per call), and the modules get their own forward back on exit.
+    """
+    from peft.tuners.lora import Linear as LoraLinear
+
+    patched = []
+    for module in model.modules():
+        if (isinstance(module, LoraLinear) and adapter in module.lora_A and not module.merged
+                and adapter not in module.lora_variant):
+            def forward(x: Tensor, *args, _m=module, **kwargs) -> Tensor:
+                base = _m.get_base_layer()
+                return F.linear(x, base.weight + _m.get_delta_weight(adapter).to(base.weight.dtype), base.bias)
+
+            patched.append((module, module.__dict__.get("forward")))
+            module.forward = forward
+    try:
+        yield len(patched)
+    finally:
+        for module, previous in patched:
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+
+
 class Teachers:
     """Context managers yielding the teacher module, and the θ0 module for KL-to-start."""
 
@@ -124,7 +156,8 @@ class Teachers:
     def teacher(self) -> Iterator[nn.Module]:
         """The teacher's module for no-grad forwards (the caller sets eval mode)."""
         if self.kind == "current":
-            yield self.student
+            with merged_lora(self.student, STUDENT_ADAPTER) if self.lora else nullcontext():
+                yield self.student
         elif not self.lora:
             yield self.copy  # type: ignore[misc]
         elif self.kind == "frozen":
@@ -133,7 +166,8 @@ class Teachers:
         else:
             self.student.set_adapter(EMA_ADAPTER, inference_mode=True)
             try:
-                yield self.student
+                with merged_lora(self.student, EMA_ADAPTER):
+                    yield self.student
             finally:
                 self.student.set_adapter(STUDENT_ADAPTER)
 

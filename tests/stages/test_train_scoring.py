@@ -51,3 +51,31 @@ def test_bf16_scoring_is_float32_and_close(tiny_lm):
     assert not torch.equal(fast[mask], exact[mask])
     rel = (fast[mask] - exact[mask]).norm() / exact[mask].norm()
     assert rel < 0.05
+
+
+def test_merged_lora_forward_equals_the_adapter_path_and_is_undone(tiny_lm):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from stages.train.teachers import merged_lora
+
+    model = get_peft_model(copy.deepcopy(tiny_lm[0]), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3,
+                                                                  target_modules=["q_proj", "v_proj", "down_proj"],
+                                                                  init_lora_weights=False))
+    model.add_adapter("other", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    model.set_adapter("default")
+    model.eval()
+    packed, tokens, mask = _packed(model)
+    with torch.no_grad():
+        side_path = scoring_hidden(model, packed, tokens.shape[1], bf16=False, budget=10**6)
+        with merged_lora(model, "default") as n:
+            merged = scoring_hidden(model, packed, tokens.shape[1], bf16=False, budget=10**6)
+        after = scoring_hidden(model, packed, tokens.shape[1], bf16=False, budget=10**6)
+        with model.disable_adapter():
+            base = scoring_hidden(model, packed, tokens.shape[1], bf16=False, budget=10**6)
+    assert n == 3 * model.config.num_hidden_layers
+    torch.testing.assert_close(merged[mask], side_path[mask], rtol=1e-4, atol=1e-5)
+    assert torch.equal(after, side_path)  # every module has its own forward back
+    assert not torch.allclose(base[mask], side_path[mask], atol=1e-3)  # the adapter really contributes
+    assert all("forward" not in m.__dict__ for m in model.modules())
