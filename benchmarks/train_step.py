@@ -5,7 +5,7 @@ with the same seed, batch and completion length; the first step is a warm-up and
 the time averages when more than one step runs. Presets that read retrieval/induction views are
 run on random views (the cost is the same: K views of the same length scale).
 
-    python benchmarks/train_step.py                       # sd, each mechanism, unisd_star; embedded model
+    python benchmarks/train_step.py                       # sd, each mechanism, unisd_star, baselines
     python benchmarks/train_step.py --steps 1 --batch 2 --max-new-tokens 16 --methods sd unisd_star
     python benchmarks/train_step.py --model embedded:tiny-random-llama --full-finetune
     python benchmarks/train_step.py --methods sd unisd_star --set score_precision=float32
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = ("sd", "agreement_tok_random", "agreement_seq_random", "ema", "contrastive", "match_repr",
-           "match_joint", "clip", "clip_quantile", "unisd_star")
+           "match_joint", "clip", "clip_quantile", "unisd_star", "sft", "ssd", "sdft", "gkd", "opsd")
 
 
 def synthetic_examples(n: int):
@@ -90,7 +90,7 @@ def worker(args: argparse.Namespace) -> dict:
     rows = run.rows[1:] if len(run.rows) > 1 else run.rows
     metrics = [dict(r["metrics"]) for r in rows]
     return {"method": args.worker, "step_s": statistics.fmean([r["step_seconds"] for r in rows]),
-            "tokens_per_s": statistics.fmean([r["tokens_per_s"] for r in rows]),
+            "tokens_per_s": statistics.fmean([r["tokens_per_s"] or float("nan") for r in rows]),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in run.rows),
             "generate_s": statistics.fmean([m["train/time/generate_s"] for m in metrics]),
             "teachers_s": statistics.fmean([m["train/time/teachers_s"] for m in metrics]),
