@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.unisd-installed
 PRESET ?= default
 
-.PHONY: setup run test test-all bench lint clean-store
+.PHONY: setup run test test-all bench bench-trl lint clean-store
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ bench: setup  ## performance benchmarks (each prints ratios against a baseline m
 	$(PY) benchmarks/divergence_memory.py
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/train_step.py
+
+bench-trl: setup  ## the gkd preset vs TRL's GKDTrainer (TRL goes into .venv-trl, not into the project)
+	test -x .venv-trl/bin/python || (python3 -m venv .venv-trl && .venv-trl/bin/pip install -q torch==2.13.0 \
+		trl==1.16.0 transformers==5.23.0 peft==0.21.2 accelerate==1.15.0)
+	$(PY) benchmarks/trl_gkd.py --trl-python .venv-trl/bin/python
 
 lint: setup
 	$(VENV)/bin/ruff check .
