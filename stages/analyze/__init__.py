@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import torch
+from tqdm.auto import tqdm
 
 import schemas
 from engines.generation import chat_ids
@@ -94,11 +96,8 @@ class _Models:
     lora: bool
 
     def base_view(self):
-        if self.lora:
-            return self.adapted.disable_adapter()
-        from contextlib import nullcontext
-
-        return nullcontext()
+        """Context in which `base_model()` computes the base model (the adapter off under LoRA)."""
+        return self.adapted.disable_adapter() if self.lora else nullcontext()
 
     def base_model(self) -> torch.nn.Module:
         return self.adapted if self.lora else self.base  # type: ignore[return-value]
@@ -137,8 +136,6 @@ def run(cfg: AnalyzeConfig, examples: pa.Table, predictions: pa.Table, model: Mo
     device = next(models.adapted.parameters()).device
     bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and native_bf16(device.type))
     rows, cut = [], 0
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=len(preds), desc=f"analyze {method}", unit="ex", disable=None)
     for start in range(0, len(preds), cfg.batch_size):
         batch = preds[start:start + cfg.batch_size]
