@@ -65,7 +65,7 @@ def negatives(store: Store, cfg: negatives_stage.NegativesConfig, examples: Arti
 
 
 def _generator_fingerprint(gen) -> str:
-    return fingerprint(gen.model) if gen.backend == "hf" else f"{gen.base_url}|{gen.model}"
+    return fingerprint(gen.model_ref) if gen.backend == "hf" else f"{gen.base_url}|{gen.model_ref}"
 
 
 def contexts(store: Store, cfg: contexts_stage.ContextsConfig, examples: Artifact,

@@ -96,6 +96,7 @@ class ExperimentConfig:
         for m in self.methods:
             if m != "base":
                 self.method_config(m)  # validate every method's merged training config up front
+        self._default_generators()
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is listed twice")
         labels = [d.label for d in self.datasets]
@@ -106,6 +107,19 @@ class ExperimentConfig:
                                      f"({', '.join(labels)})")
             if pair.train == pair.evaluate:
                 raise ValueError(f"transfer[{i}]: train and evaluate are the same dataset {pair.train!r}")
+
+    def _default_generators(self) -> None:
+        """The induction and negatives LLMs default to the experiment's own model (no stronger one)."""
+        from dataclasses import replace
+
+        induction, negatives = self.induction, self.negatives
+        if induction.generator.model is None:
+            induction = replace(induction, generator=replace(induction.generator, model=self.model.path))
+        if negatives.llm.generator.model is None:
+            llm = replace(negatives.llm, generator=replace(negatives.llm.generator, model=self.model.path))
+            negatives = replace(negatives, llm=llm)
+        object.__setattr__(self, "induction", induction)  # frozen: filled in once, at construction
+        object.__setattr__(self, "negatives", negatives)
 
     @property
     def seed_list(self) -> tuple[int, ...]:

@@ -33,8 +33,9 @@ class GeneratorConfig:
 
     backend: Literal["hf", "openai"] = "hf"
     """hf: a local causal LM through `HFGenerator`; openai: any OpenAI-compatible chat endpoint."""
-    model: str = assets.EMBEDDED_MODEL
-    """hf: a model reference (embedded:..., a local HF folder, a cached hub id); openai: the served model name."""
+    model: str | None = None
+    """hf: a model reference (embedded:..., a local HF folder, a cached hub id), None = the experiment's
+    model (the embedded model outside an experiment); openai: the served model name (required)."""
     base_url: str | None = None
     """openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (required for that backend)."""
     api_key_env: str = "OPENAI_API_KEY"
@@ -60,18 +61,25 @@ class GeneratorConfig:
         if not _ENV_NAME.match(self.api_key_env):
             raise ValueError("generator.api_key_env must be the NAME of an environment variable "
                              "(e.g. OPENAI_API_KEY), not the key itself")
+        if self.backend == "openai" and not self.model:
+            raise ValueError("generator.model (the served model name) is required with backend openai")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ValueError("generator: batch_size, max_new_tokens and max_prompt_tokens must be >= 1")
         SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
 
     @property
+    def model_ref(self) -> str:
+        """The model actually used: `model`, or the embedded model when it is unset."""
+        return self.model or assets.EMBEDDED_MODEL
+
+    @property
     def label(self) -> str:
         """The model name written into output tables."""
         if self.backend == "openai":
-            return self.model
+            return self.model_ref
         from engines.models import ModelConfig
 
-        return ModelConfig(path=self.model).label
+        return ModelConfig(path=self.model_ref).label
 
     def sampling(self, seed: int) -> SamplingConfig:
         return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -84,11 +92,11 @@ def build_generator(cfg: GeneratorConfig) -> Generator:
 
     if cfg.backend == "openai":
         assert cfg.base_url is not None
-        return OpenAIGenerator(base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env,
+        return OpenAIGenerator(base_url=cfg.base_url, model=cfg.model_ref, api_key_env=cfg.api_key_env,
                                timeout_s=cfg.timeout_s)
     from engines.models import ModelConfig, load_model
 
-    model, tokenizer = load_model(ModelConfig(path=cfg.model))
+    model, tokenizer = load_model(ModelConfig(path=cfg.model_ref))
     return HFGenerator(model, tokenizer, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens)
 
 

@@ -90,3 +90,15 @@ def test_sweep_seeds_reach_each_training_run():
     assert exp.seed_list == (0, 1) and load_experiment("smoke").seed_list == (0,)
     assert [exp.run_config("sd", s).seed for s in exp.seed_list] == [0, 1]
     assert exp.transfer[0].train == "medmcqa" and exp.transfer[0].evaluate == "math"
+
+
+def test_llm_generators_default_to_the_experiments_model():
+    exp = load_experiment("distill", overrides=["model.path=embedded:tiny-random-llama"])
+    assert exp.negatives.llm.generator.model == "embedded:tiny-random-llama"
+    assert exp.induction.generator.model == "embedded:tiny-random-llama"
+    kept = load_experiment("distill", overrides=["negatives.llm.generator.model=embedded:smollm2-135m-instruct",
+                                                 "model.path=embedded:tiny-random-llama"])
+    assert kept.negatives.llm.generator.model == "embedded:smollm2-135m-instruct"
+    with pytest.raises(ConfigError, match="generator.model .* is required with backend openai"):
+        load_experiment("distill", overrides=["induction.generator.backend=openai",
+                                              "induction.generator.base_url=http://127.0.0.1:1/v1"])
