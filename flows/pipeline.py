@@ -42,11 +42,11 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
     if stage == "ingest":
         art = pipeline.ingest(store, exp.datasets[args["index"]], force=force)
     elif stage == "negatives":
-        art = pipeline.negatives(store, exp.negatives, arts["examples"], force=force)
+        art = pipeline.negatives(store, exp.negatives_config(), arts["examples"], force=force)
     elif stage == "retrieval":
         art = pipeline.retrieval(store, exp.retrieval, arts["examples"], force=force)
     elif stage == "induction":
-        art = pipeline.induction(store, exp.induction, arts["examples"], force=force)
+        art = pipeline.induction(store, exp.induction_config(), arts["examples"], force=force)
     elif stage == "contexts":
         cfg = replace(exp.contexts, strategy=args["strategy"], num_views=args["num_views"])
         extra = {k: v for k, v in arts.items() if k != "examples"}
@@ -83,16 +83,27 @@ PREP = ("negatives", "retrieval", "induction", "contexts")
 def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: str | None = None) -> Runs:
     """Submit every stage the experiment needs, in dependency order; returns the runs' artifact refs.
 
-    Every method is trained once per seed on every dataset with a train split, and each checkpoint is
-    evaluated on its own dataset and on the `transfer` targets; then analyze, compare and the report.
-    ``only`` names a preprocessing stage (or ingest) to run on every dataset with a train split,
-    whether or not a method needs it; their refs are returned in `Runs.prepared`."""
+    For each model of the experiment, every method is trained once per seed on every dataset with a
+    train split, and each checkpoint is evaluated on its own dataset and on the `transfer` targets;
+    then analyze, compare and the report (one per model). ``only`` names a preprocessing stage (or
+    ingest) to run on every dataset with a train split, whether or not a method needs it; their refs
+    are returned in `Runs.prepared`."""
+    runs = Runs()
+    for model in exp.model_list:
+        part = _run_model(exp.for_model(model) if exp.models else exp, force, only,
+                          f"@{model.label}" if len(exp.model_list) > 1 else "")
+        runs.merge(part)
+    return runs
+
+
+def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix: str) -> Runs:
+    """`run_experiment` on the experiment's single model; `suffix` tags its task names."""
     root = str(exp.store_path)
     store = Store(root)
     runs = Runs()
 
     def run(stage: str, label: str, **args) -> tuple[str, str]:
-        return stage, stage_task(stage, label, root, exp, args, stage in force)
+        return stage, stage_task(stage, label + suffix, root, exp, args, stage in force)
 
     examples = {ds.label: run("ingest", ds.label, index=i) for i, ds in enumerate(exp.datasets)}
     if only == "ingest":
@@ -132,8 +143,9 @@ def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: s
         if cmp is not None:
             inputs["compare"] = cmp
         train_inputs = {f"train_{i}": ckpt for i, (_, _, ckpt) in enumerate(runs.trainings)}
-        runs.report = run("report", exp.name, runs=[[m, s] for m, s, _ in runs.trainings],
-                          inputs={**inputs, **train_inputs})
+        report = run("report", exp.name, runs=[[m, s] for m, s, _ in runs.trainings],
+                     inputs={**inputs, **train_inputs})
+        runs.reports.append((exp.model.label, report))
     return runs
 
 
@@ -144,9 +156,14 @@ class Runs:
         self.evaluations: list = []
         self.analyses: list = []
         self.trainings: list = []
-        self.report = None
+        self.reports: list = []
+        """(model label, report ref), one per model."""
         self.prepared: list = []
         """Preprocessing artifacts of a single-stage run (`only`)."""
+
+    def merge(self, other: Runs) -> None:
+        for name in ("evaluations", "analyses", "trainings", "reports", "prepared"):
+            getattr(self, name).extend(getattr(other, name))
 
     def add(self, evaluation, analysis) -> None:
         self.evaluations.append(evaluation)
@@ -190,16 +207,24 @@ def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, 
 
 
 def _publish(exp: ExperimentConfig, runs: Runs) -> str:
-    """The Markdown results (Table 1 with CIs over seeds, retention, comparisons) as a Prefect artifact."""
+    """The Markdown results (Table 1 with CIs over seeds, retention) as a Prefect artifact, per model."""
     from stages.report import report_markdown
 
     store = Store(exp.store_path)
-    scores = [store.get(*ref).table("scores") for ref in runs.evaluations]
-    retention = [store.get(*ref).table("retention") for ref in runs.analyses]
-    md = report_markdown(f"UniSD — {exp.name}", scores, retention=pa.concat_tables(retention) if retention else None,
-                         confidence=exp.analyze.confidence)
-    if runs.report is not None:
-        md += f"\nReport: {store.get(*runs.report).path / 'files' / 'report.html'}\n"
+    parts = []
+    def of_model(refs: list, table: str, label: str) -> list[pa.Table]:
+        tables = [store.get(*ref).table(table) for ref in refs]
+        return [t for t in tables if label in t.column("model").to_pylist()]
+
+    for model in exp.model_list:
+        scores = of_model(runs.evaluations, "scores", model.label)
+        retention = of_model(runs.analyses, "retention", model.label)
+        title = f"UniSD — {exp.name}" + (f" — {model.label}" if exp.models else "")
+        parts.append(report_markdown(title, scores, retention=pa.concat_tables(retention) if retention else None,
+                                     confidence=exp.analyze.confidence))
+    md = "\n".join(parts)
+    for label, ref in runs.reports:
+        md += f"\nReport ({label}): {store.get(*ref).path / 'files' / 'report.html'}\n"
     try:
         create_markdown_artifact(markdown=md, key="unisd-results", description=f"results of {exp.name}")
     except Exception as e:  # an artifact is a convenience; never fail the run for it
@@ -224,12 +249,13 @@ def write_report(exp: ExperimentConfig, out: Path, *, force: bool = False) -> Pa
     if not exp.analyze.enabled:
         raise ValueError("analyze.enabled is false: the experiment has no report")
     runs = unisd_runs(exp, force)
-    if runs.report is None:
+    if not runs.reports:
         raise ValueError(f"experiment {exp.name!r} evaluated nothing, so there is nothing to report")
-    src = Store(exp.store_path).get(*runs.report).path / "files"
+    store = Store(exp.store_path)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    for label, ref in runs.reports:  # one model: the report itself; several: one folder per model
+        shutil.copytree(store.get(*ref).path / "files", tmp if len(runs.reports) == 1 else tmp / label)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out.resolve()

@@ -177,6 +177,7 @@ RETENTION = TableSchema(
     pa.schema([
         _f("id", S, False),
         _f("dataset", S, False),  # the evaluated dataset
+        _f("model", S),  # the base model's label
         _f("method", S, False),
         _f("seed", pa.int64()),  # null: the base model
         _f("trained_on", S),  # null: the base model
@@ -192,7 +193,8 @@ RETENTION = TableSchema(
 COMPARISONS = TableSchema(
     "comparisons",
     pa.schema([
-        _f("dataset", S, False),  # a dataset name, or "overall"
+        _f("dataset", S, False),  # a dataset column label (`a→b` for a transfer pair)
+        _f("model", S),  # the base model's label
         _f("method", S, False),
         _f("baseline", S, False),  # the method compared against (sft, base, ...)
         _f("statistic", S, False),  # accuracy_diff | jsd_lower | base_logp_higher | ...

@@ -162,8 +162,8 @@ def analyze(store: Store, cfg: analyze_stage.AnalyzeConfig, model: ModelConfig, 
         inputs["checkpoint"] = checkpoint
         spec = replace(spec, inputs={**spec.inputs, "checkpoint": train_stage.SPEC.outputs["train_steps"]})
     scoring = {k: v for k, v in asdict(cfg).items() if k not in ("enabled", "baseline", "confidence", "bootstrap")}
-    key = {"analyze": scoring, "model": fingerprint(model.path), "method": method, "seed": seed,
-           "trained_on": trained_on}
+    key = {"analyze": scoring, "model": fingerprint(model.path), "model_label": model.label, "method": method,
+           "seed": seed, "trained_on": trained_on}
 
     def compute(ws):
         folder = checkpoint.file("checkpoint") if checkpoint is not None else None
@@ -187,9 +187,11 @@ def compare(store: Store, cfg: analyze_stage.AnalyzeConfig, evaluations: list[Ar
     key = {"baseline": cfg.baseline, "bootstrap": cfg.bootstrap, "confidence": cfg.confidence}
 
     def compute(ws):
-        table = compare_runs([a.table("predictions") for a in evaluations], [a.table("retention") for a in analyses],
+        preds = [a.table("predictions") for a in evaluations]
+        table = compare_runs(preds, [a.table("retention") for a in analyses],
                              baseline=cfg.baseline, n_resamples=cfg.bootstrap, confidence=cfg.confidence)
-        return {"comparisons": table}
+        models = {m for t in preds for m in t.column("model").unique().to_pylist()}
+        return {"comparisons": _with_columns(table, model=models.pop()) if len(models) == 1 else table}
 
     return store.materialize(spec, key, {**evals, **rets}, compute, force=force)
 

@@ -144,7 +144,7 @@ def _dispatch(args) -> int:
         print(flows.unisd(**kwargs))
     elif args.cmd == "report":
         out = flows.write_report(exp, Path(args.out or f"report-{exp.name}"), force=args.force)
-        print(out / "report.html")
+        print(out / "report.html" if (out / "report.html").exists() else out)
     else:
         flows.STAGE_FLOWS[args.stage](**kwargs)
     return 0

@@ -69,6 +69,9 @@ class ExperimentConfig:
     """Nearest-neighbour donors for retrieval views (built only when a method uses them)."""
     induction: InductionConfig = field(default_factory=InductionConfig)
     """Induced task instructions for induction views (built only when a method uses them)."""
+    models: tuple[ModelConfig, ...] = ()
+    """Models to sweep: the whole experiment runs once per model, each with its own checkpoints,
+    negatives, retention, comparisons and report (empty = `model` alone)."""
     seeds: tuple[int, ...] = ()
     """Training seeds: every method is trained once per seed (a sweep of methods × datasets × seeds);
     empty = the single seed `train.seed`. Tables report mean ± CI over seeds."""
@@ -96,7 +99,9 @@ class ExperimentConfig:
         for m in self.methods:
             if m != "base":
                 self.method_config(m)  # validate every method's merged training config up front
-        self._default_generators()
+        labels = [m.label for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ValueError("models: two models have the same label (set model.name to tell them apart)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is listed twice")
         labels = [d.label for d in self.datasets]
@@ -108,18 +113,33 @@ class ExperimentConfig:
             if pair.train == pair.evaluate:
                 raise ValueError(f"transfer[{i}]: train and evaluate are the same dataset {pair.train!r}")
 
-    def _default_generators(self) -> None:
-        """The induction and negatives LLMs default to the experiment's own model (no stronger one)."""
+    def negatives_config(self) -> NegativesConfig:
+        """`negatives` with its LLM defaulting to the experiment's own model (no stronger one)."""
         from dataclasses import replace
 
-        induction, negatives = self.induction, self.negatives
-        if induction.generator.model is None:
-            induction = replace(induction, generator=replace(induction.generator, model=self.model.path))
-        if negatives.llm.generator.model is None:
-            llm = replace(negatives.llm, generator=replace(negatives.llm.generator, model=self.model.path))
-            negatives = replace(negatives, llm=llm)
-        object.__setattr__(self, "induction", induction)  # frozen: filled in once, at construction
-        object.__setattr__(self, "negatives", negatives)
+        gen = self.negatives.llm.generator
+        if gen.model is not None:
+            return self.negatives
+        return replace(self.negatives, llm=replace(self.negatives.llm, generator=replace(gen, model=self.model.path)))
+
+    def induction_config(self) -> InductionConfig:
+        """`induction` with its LLM defaulting to the experiment's own model."""
+        from dataclasses import replace
+
+        gen = self.induction.generator
+        return self.induction if gen.model is not None else replace(self.induction,
+                                                                    generator=replace(gen, model=self.model.path))
+
+    @property
+    def model_list(self) -> tuple[ModelConfig, ...]:
+        """The models the experiment runs on (`models`, or `model` alone)."""
+        return self.models or (self.model,)
+
+    def for_model(self, model: ModelConfig) -> ExperimentConfig:
+        """This experiment on one model of a models sweep."""
+        from dataclasses import replace
+
+        return replace(self, model=model, models=())
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -197,8 +217,9 @@ def load_experiment(preset: str | None = None, config: str | None = None,
     exp = build(ExperimentConfig, raw)
     if check_model:
         try:
-            if not exp.model.path.startswith("embedded:"):
-                resolve_path(exp.model.path)
+            for model in exp.model_list:
+                if not model.path.startswith("embedded:"):
+                    resolve_path(model.path)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return exp

@@ -142,7 +142,8 @@ def run(cfg: AnalyzeConfig, examples: pa.Table, predictions: pa.Table, model: Mo
         part, n_cut = _score_batch(cfg, models, [gold[p["id"]] for p in batch], batch, device, bf16,
                                    scored_run=checkpoint is not None)
         cut += n_cut
-        rows += [{"id": p["id"], "dataset": gold[p["id"]]["dataset"], "method": method, "seed": seed,
+        rows += [{"id": p["id"], "dataset": gold[p["id"]]["dataset"], "model": model.label, "method": method,
+                  "seed": seed,
                   "trained_on": trained_on, **values} for p, values in zip(batch, part)]
         bar.update(len(batch))
     bar.close()

@@ -74,3 +74,31 @@ def test_sweep_end_to_end_then_served_from_the_store(tmp_path, tiny_model_dir):
     assert again == stages
     assert "computing" not in res.stderr
     assert time.monotonic() - started < 120
+
+
+def test_a_models_sweep_gives_each_model_its_runs_and_report(tmp_path, tiny_model_dir):
+    import shutil
+
+    other = tmp_path / "tiny-b"
+    shutil.copytree(tiny_model_dir, other)
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), UNISD_STORE=str(tmp_path / "store"))
+    models = f"models=[{{path: embedded:tiny-random-llama, name: tiny-a}}, {{path: {other}}}]"
+    cmd = [UNISD, "report", "--preset", "smoke_train", "methods=[base,sd]", "datasets.1.limit=2", models,
+           "--out", str(tmp_path / "report")]
+    res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+    assert res.returncode == 0, res.stderr[-4000:]
+    store = tmp_path / "store"
+    per_model = query(store, """SELECT model, method, count(*) n FROM scores WHERE metric = 'accuracy'
+                                GROUP BY ALL ORDER BY ALL""").to_pylist()
+    assert per_model == [{"model": m, "method": k, "n": 2} for m in ("tiny-a", "tiny-b") for k in ("base", "sd")]
+    assert query(store, "SELECT DISTINCT model FROM retention ORDER BY model").column("model").to_pylist() == [
+        "tiny-a", "tiny-b"]
+    assert query(store, "SELECT DISTINCT model FROM comparisons ORDER BY model").column("model").to_pylist() == [
+        "tiny-a", "tiny-b"]
+    for label in ("tiny-a", "tiny-b"):
+        md = (tmp_path / "report" / label / "report.md").read_text()
+        assert md.startswith("# smoke_train") and "| sd |" in md
+    rows = query(store, "SELECT stage, count(*) n FROM artifacts GROUP BY stage").to_pylist()
+    stages = {r["stage"]: r["n"] for r in rows}
+    assert (stages["ingest"], stages["contexts"]) == (2, 2)  # shared by both models
+    assert (stages["train"], stages["compare"], stages["report"]) == (4, 2, 2)  # 2 models × 2 datasets

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from engines.models import ModelConfig
 from unisd.config import CONFIG_DIR, ExperimentConfig, load_experiment
 from unisd.configtools import ConfigError, apply_overrides, field_docs
 
@@ -94,11 +95,13 @@ def test_sweep_seeds_reach_each_training_run():
 
 def test_llm_generators_default_to_the_experiments_model():
     exp = load_experiment("distill", overrides=["model.path=embedded:tiny-random-llama"])
-    assert exp.negatives.llm.generator.model == "embedded:tiny-random-llama"
-    assert exp.induction.generator.model == "embedded:tiny-random-llama"
+    assert exp.negatives_config().llm.generator.model == "embedded:tiny-random-llama"
+    assert exp.induction_config().generator.model == "embedded:tiny-random-llama"
+    other = exp.for_model(ModelConfig(path="embedded:smollm2-135m-instruct"))
+    assert other.negatives_config().llm.generator.model == "embedded:smollm2-135m-instruct"
     kept = load_experiment("distill", overrides=["negatives.llm.generator.model=embedded:smollm2-135m-instruct",
                                                  "model.path=embedded:tiny-random-llama"])
-    assert kept.negatives.llm.generator.model == "embedded:smollm2-135m-instruct"
+    assert kept.negatives_config().llm.generator.model == "embedded:smollm2-135m-instruct"
     with pytest.raises(ConfigError, match="generator.model .* is required with backend openai"):
         load_experiment("distill", overrides=["induction.generator.backend=openai",
                                               "induction.generator.base_url=http://127.0.0.1:1/v1"])
