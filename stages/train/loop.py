@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from engines.models import ModelConfig, load_model, native_bf16, pick_device
+from engines.models import ModelConfig, load_model, native_bf16, pick_device, resolve_path
 from stages.train import checkpoint as ckpt
 from stages.train.batches import BatchContext, completion_ids, generate, micro_batches
 from stages.train.config import LoraSettings, TrainConfig
@@ -115,7 +115,6 @@ def setup(cfg: TrainConfig, model: ModelConfig, examples: pa.Table, contexts: pa
     run = Run(cfg, method, acc, prepared, student, tokenizer, teachers, optimizer, scheduler, items, encoder,
               workspace)
     if cfg.rollout.backend == "vllm":
-        from engines.models import resolve_path
         from engines.vllm_rollouts import VLLMRollouts
 
         r = cfg.rollout
