@@ -90,9 +90,7 @@ def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: s
     are returned in `Runs.prepared`."""
     runs = Runs()
     for model in exp.model_list:
-        part = _run_model(exp.for_model(model) if exp.models else exp, force, only,
-                          f"@{model.label}" if len(exp.model_list) > 1 else "")
-        runs.merge(part)
+        runs.merge(_run_model(exp.for_model(model), force, only, f"@{model.label}" if exp.models else ""))
     return runs
 
 
@@ -211,17 +209,18 @@ def _publish(exp: ExperimentConfig, runs: Runs) -> str:
     from stages.report import report_markdown
 
     store = Store(exp.store_path)
-    parts = []
-    def of_model(refs: list, table: str, label: str) -> list[pa.Table]:
-        tables = [store.get(*ref).table(table) for ref in refs]
+    scores = [store.get(*ref).table("scores") for ref in runs.evaluations]  # each table holds one model
+    retention = [store.get(*ref).table("retention") for ref in runs.analyses]
+
+    def of_model(tables: list[pa.Table], label: str) -> list[pa.Table]:
         return [t for t in tables if label in t.column("model").to_pylist()]
 
+    parts = []
     for model in exp.model_list:
-        scores = of_model(runs.evaluations, "scores", model.label)
-        retention = of_model(runs.analyses, "retention", model.label)
+        model_scores, model_retention = of_model(scores, model.label), of_model(retention, model.label)
         title = f"UniSD — {exp.name}" + (f" — {model.label}" if exp.models else "")
-        parts.append(report_markdown(title, scores, retention=pa.concat_tables(retention) if retention else None,
-                                     confidence=exp.analyze.confidence))
+        parts.append(report_markdown(title, model_scores, confidence=exp.analyze.confidence,
+                                     retention=pa.concat_tables(model_retention) if model_retention else None))
     md = "\n".join(parts)
     for label, ref in runs.reports:
         md += f"\nReport ({label}): {store.get(*ref).path / 'files' / 'report.html'}\n"

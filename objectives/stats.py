@@ -28,6 +28,7 @@ __all__ = [
     "paired_bootstrap_diff",
     "sign_flip_pvalue",
     "win_fraction",
+    "win_scores",
 ]
 
 _MAX_CHUNK_ELEMENTS = 1 << 22
@@ -180,21 +181,27 @@ def mcnemar_exact(a_correct: ArrayLike, b_correct: ArrayLike) -> tuple[int, int,
     return b01, b10, float(min(1.0, 2.0 * sps.binom.cdf(min(b01, b10), discordant, 0.5)))
 
 
-def win_fraction(a: ArrayLike, b: ArrayLike, *, lower_is_better: bool = True) -> float:
-    """(#(a strictly better than b) + ½ · #(a == b)) / n over paired examples.
+def win_scores(a: ArrayLike, b: ArrayLike, *, lower_is_better: bool = True) -> np.ndarray:
+    """Per paired example: 1 where a is strictly better than b, ½ on a tie, 0 otherwise.
 
-    Pairs with a NaN on either side are dropped first; nan when no pair remains. 0.5 means no preference.
+    Pairs with a NaN on either side are dropped first.
     """
     a_arr = _as_vector(a, "a", allow_empty=True, allow_nan=True)
     b_arr = _as_vector(b, "b", allow_empty=True, allow_nan=True)
     _check_same_length(a=a_arr, b=b_arr)
     keep = ~(np.isnan(a_arr) | np.isnan(b_arr))
     a_arr, b_arr = a_arr[keep], b_arr[keep]
-    if a_arr.size == 0:
-        return float("nan")
     better = a_arr < b_arr if lower_is_better else a_arr > b_arr
-    ties = a_arr == b_arr
-    return float((np.count_nonzero(better) + 0.5 * np.count_nonzero(ties)) / a_arr.size)
+    return np.where(a_arr == b_arr, 0.5, better.astype(float))
+
+
+def win_fraction(a: ArrayLike, b: ArrayLike, *, lower_is_better: bool = True) -> float:
+    """(#(a strictly better than b) + ½ · #(a == b)) / n over paired examples: the mean of `win_scores`.
+
+    Pairs with a NaN on either side are dropped first; nan when no pair remains. 0.5 means no preference.
+    """
+    scores = win_scores(a, b, lower_is_better=lower_is_better)
+    return float(scores.mean()) if scores.size else float("nan")
 
 
 def sign_flip_pvalue(diffs: ArrayLike, *, n_resamples: int = 10000, seed: int = 0) -> float:

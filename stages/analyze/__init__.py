@@ -188,21 +188,19 @@ def _score_batch(cfg: AnalyzeConfig, models: _Models, items: list[dict], preds: 
     h, t, m = hidden_and_tokens(adapted, gold)
     fit = masked_row_mean(chunked_gather_logps(h, head_weight(adapted), t, chunk_size=cfg.chunk_size), m)
     own = _encode(cfg, tok, [p["completion"] for p in preds], [not p["truncated"] for p in preds])
+    h_own, t, m = hidden_and_tokens(adapted, own)
+    w_own = head_weight(adapted)
     if scored_run:
-        h_adapted, t, m = hidden_and_tokens(adapted, own)
-        w_adapted = head_weight(adapted)
         with models.base_view():
             base = models.base_model()
             h_base, _, _ = hidden_and_tokens(base, own)
             w_base = head_weight(base)
-            base_logp = masked_row_mean(chunked_gather_logps(h_base, w_base, t, chunk_size=cfg.chunk_size), m)
-            jsd = masked_row_mean(chunked_token_divergence(h_base, w_base, h_adapted, w_adapted, kind="jsd",
-                                                           beta=0.5, chunk_size=cfg.chunk_size), m)
-    else:
-        h_base, t, m = hidden_and_tokens(adapted, own)
-        base_logp = masked_row_mean(chunked_gather_logps(h_base, head_weight(adapted), t,
-                                                         chunk_size=cfg.chunk_size), m)
-        jsd = torch.zeros_like(base_logp)
+    else:  # the base run: its own completions under itself
+        h_base, w_base = h_own, w_own
+    base_logp = masked_row_mean(chunked_gather_logps(h_base, w_base, t, chunk_size=cfg.chunk_size), m)
+    jsd = (masked_row_mean(chunked_token_divergence(h_base, w_base, h_own, w_own, kind="jsd", beta=0.5,
+                                                    chunk_size=cfg.chunk_size), m)
+           if scored_run else torch.zeros_like(base_logp))
     counts = m.sum(-1)
     return [{"ppl_fit": math.exp(-float(f)), "base_logp": float(b), "ppl_ret": math.exp(-float(b)),
              "jsd": max(0.0, float(j)), "num_tokens": int(n)}

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 import schemas
-from objectives.stats import bootstrap_ci, paired_bootstrap_diff, sign_flip_pvalue, win_fraction
+from objectives.stats import bootstrap_ci, paired_bootstrap_diff, sign_flip_pvalue, win_scores
 
 BASE = "base"
 
@@ -108,9 +108,7 @@ def compare(predictions: Iterable[pa.Table], retention: Iterable[pa.Table], *, b
                     ids, a, b = _paired(values[(group, method)], values[(group, base)])
                     if not ids:
                         continue
-                    wins = np.where(a == b, 0.5, (a < b) if lower else (a > b)).astype(float)
-                    point = win_fraction(a, b, lower_is_better=lower)
-                    _, lo, hi = bootstrap_ci(wins, **kw)
+                    point, lo, hi = bootstrap_ci(win_scores(a, b, lower_is_better=lower), **kw)
                     out.append(_row(group, method, base, stat, point, lo, hi, None, len(ids)))
     return schemas.conform(out, schemas.COMPARISONS)
 
