@@ -92,6 +92,9 @@ SCORES = TableSchema(
         _f("stderr", pa.float64()),
         _f("seed", pa.int64()),  # training seed of the evaluated checkpoint (null: the base model)
         _f("trained_on", S),  # dataset the checkpoint was trained on (null: the base model)
+        _f("split", S),  # the examples split these numbers come from (test, validation, ...)
+        _f("eval_limit", pa.int64()),  # evaluate.limit of the run (null: every example of the split)
+        _f("precision", S),  # dtype of the evaluated weights (float32, bfloat16) as resolved on the device
     ]),
     key=("dataset", "metric"),
 )

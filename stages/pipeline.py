@@ -16,7 +16,7 @@ import schemas
 from engines import assets
 from engines.continuous import ContinuousGenerator
 from engines.generation import HFGenerator
-from engines.models import ModelConfig, fingerprint, load_model
+from engines.models import ModelConfig, fingerprint, load_model, precision_record
 from stages import analyze as analyze_stage
 from stages import contexts as contexts_stage
 from stages import evaluate as evaluate_stage
@@ -91,6 +91,8 @@ def train(store: Store, cfg: train_stage.TrainConfig, model: ModelConfig, exampl
         inputs["negatives"] = negatives_art
     else:
         spec = replace(spec, inputs={k: v for k, v in spec.inputs.items() if k != "negatives"})
+    precision = {"weights": "float32", "scoring": precision_record(cfg.score_precision, model.device)}
+    cfg = replace(cfg, score_precision=precision["scoring"]["dtype"])  # the key names what the device uses
     key = {"train": asdict(cfg), "model": fingerprint(model.path), "method": method}
 
     def compute(ws):
@@ -100,7 +102,7 @@ def train(store: Store, cfg: train_stage.TrainConfig, model: ModelConfig, exampl
         dataset = ",".join(sorted(set(table.column("dataset").to_pylist())))
         return {name: _with_columns(t, method=method, dataset=dataset) for name, t in out.items()}
 
-    return store.materialize(spec, key, inputs, compute, force=force)
+    return store.materialize(spec, key, inputs, compute, force=force, extra_manifest={"precision": precision})
 
 
 def _with_columns(table, **values):
@@ -136,6 +138,8 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
         weights = f"train:{checkpoint.key}"
         inputs["checkpoint"] = checkpoint
         spec = replace(spec, inputs={**spec.inputs, "checkpoint": train_stage.SPEC.outputs["train_steps"]})
+    precision = precision_record(model.dtype, model.device)
+    model = replace(model, dtype=precision["dtype"])  # the key names the dtype actually used
     key_config = {"evaluate": asdict(cfg), "model": weights, "model_label": model.label,
                   "dtype": model.dtype, "method": method, "seed": seed, "trained_on": trained_on}
 
@@ -145,11 +149,14 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
         gen = engine(m, tok, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
                      on_long_prompt=cfg.on_long_prompt)
         out = evaluate_stage.run(cfg, examples.table("examples"), gen, ws, model.label, method)
+        out["scores"] = _with_columns(out["scores"], split=cfg.split, eval_limit=cfg.limit,
+                                      precision=model.dtype)
         if seed is None and trained_on is None:
             return out
         return {name: _with_columns(t, seed=seed, trained_on=trained_on) for name, t in out.items()}
 
-    return store.materialize(spec, key_config, inputs, compute, force=force)
+    return store.materialize(spec, key_config, inputs, compute, force=force,
+                             extra_manifest={"precision": precision})
 
 
 def analyze(store: Store, cfg: analyze_stage.AnalyzeConfig, model: ModelConfig, examples: Artifact,
@@ -161,6 +168,8 @@ def analyze(store: Store, cfg: analyze_stage.AnalyzeConfig, model: ModelConfig, 
     if checkpoint is not None:
         inputs["checkpoint"] = checkpoint
         spec = replace(spec, inputs={**spec.inputs, "checkpoint": train_stage.SPEC.outputs["train_steps"]})
+    precision = {"weights": "float32", "scoring": precision_record(cfg.precision, model.device)}
+    cfg = replace(cfg, precision=precision["scoring"]["dtype"])
     scoring = {k: v for k, v in asdict(cfg).items() if k not in ("enabled", "baseline", "confidence", "bootstrap")}
     key = {"analyze": scoring, "model": fingerprint(model.path), "model_label": model.label, "method": method,
            "seed": seed, "trained_on": trained_on}
@@ -170,7 +179,7 @@ def analyze(store: Store, cfg: analyze_stage.AnalyzeConfig, model: ModelConfig, 
         return analyze_stage.run(cfg, examples.table("examples"), evaluation.table("predictions"), model, folder,
                                  method=method, seed=seed, trained_on=trained_on)
 
-    return store.materialize(spec, key, inputs, compute, force=force)
+    return store.materialize(spec, key, inputs, compute, force=force, extra_manifest={"precision": precision})
 
 
 def _numbered(kind: str, schema, arts: list[Artifact]) -> tuple[dict, dict]:

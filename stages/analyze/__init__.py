@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 import schemas
 from engines.generation import chat_ids
-from engines.models import ModelConfig, load_model, native_bf16
+from engines.models import ModelConfig, load_model, resolve_dtype
 from objectives import chunked_gather_logps, chunked_token_divergence
 from objectives.retention import masked_row_mean
 from stages.train.data import pack, pad_completions
@@ -134,7 +134,7 @@ def run(cfg: AnalyzeConfig, examples: pa.Table, predictions: pa.Table, model: Mo
         return {"retention": schemas.RETENTION.empty()}
     models = load_models(model, checkpoint)
     device = next(models.adapted.parameters()).device
-    bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and native_bf16(device.type))
+    bf16 = resolve_dtype(cfg.precision, str(device)) == "bfloat16"
     rows, cut = [], 0
     bar = tqdm(total=len(preds), desc=f"analyze {method}", unit="ex", disable=None)
     for start in range(0, len(preds), cfg.batch_size):

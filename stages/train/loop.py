@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from engines.models import ModelConfig, load_model, native_bf16, pick_device, resolve_path
+from engines.models import ModelConfig, load_model, pick_device, resolve_dtype, resolve_path
 from stages.train import checkpoint as ckpt
 from stages.train.batches import BatchContext, completion_ids, generate, micro_batches
 from stages.train.config import LoraSettings, TrainConfig
@@ -121,8 +121,7 @@ def setup(cfg: TrainConfig, model: ModelConfig, examples: pa.Table, contexts: pa
         run.vllm = VLLMRollouts(str(resolve_path(model.path)), tokenizer, lora_rank=cfg.lora.r,
                                 max_prompt_tokens=r.max_prompt_tokens, on_long_prompt=r.on_long_prompt,
                                 max_new_tokens=r.max_new_tokens, gpu_memory_utilization=r.vllm_gpu_memory)
-    run.score_bf16 = (cfg.score_precision == "bfloat16"
-                      or (cfg.score_precision == "auto" and native_bf16(str(acc.device))))
+    run.score_bf16 = resolve_dtype(cfg.score_precision, str(acc.device)) == "bfloat16"
     _resume(run)
     log.info("train %s: %d examples, %d steps × %d prompts (%d micro-batches), %.2fM trainable params, "
              "starting at step %d", method, len(items), cfg.steps, cfg.batch_size, cfg.grad_accum,
