@@ -37,6 +37,7 @@ def _config(preset: str | None, config_path: str | None, overrides: list[str] | 
 @task(name="stage", cache_policy=NO_CACHE, task_run_name="{stage}-{label}")
 def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, args: dict, force: bool) -> str:
     """Materialise one artifact; ``args`` names its input artifacts by (stage, key) and its settings."""
+    pipeline.configure_threads(exp.threads)
     store = Store(store_root)
     arts = {name: store.get(*ref) for name, ref in args.get("inputs", {}).items()}
     if stage == "ingest":

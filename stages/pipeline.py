@@ -36,9 +36,16 @@ COMPARE_SPEC = StageSpec(name="compare", version=1, inputs={}, outputs={"compari
 REPORT_SPEC = StageSpec(name="report", version=1, inputs={}, outputs={})
 
 
+def configure_threads(threads: int | None) -> int:
+    """Apply the experiment's `threads` setting to torch and to every worker started afterwards."""
+    from engines.threads import apply_threads
+
+    return apply_threads(threads)
+
+
 def ingest(store: Store, cfg: ingest_stage.IngestConfig, *, force: bool = False) -> Artifact:
     return store.materialize(INGEST_SPEC, {"ingest": asdict(cfg)}, {},
-                             lambda ws: ingest_stage.run(cfg, assets.cache_dir()), force=force)
+                             lambda ws: ingest_stage.run(cfg, assets.cache_dir(), ws), force=force)
 
 
 def retrieval(store: Store, cfg: retrieval_stage.RetrievalConfig, examples: Artifact, *,

@@ -79,6 +79,9 @@ class ExperimentConfig:
     """Out-of-distribution pairs: checkpoints trained on `train` are also evaluated on `evaluate`."""
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     """Retention metrics, paired comparisons and the report (after every evaluation)."""
+    threads: int | None = None
+    """CPU threads for torch and every worker process (None = $UNISD_THREADS, else the cores this process
+    may use: its CPU affinity and cgroup quota, not the host's count; shared among local DDP processes)."""
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -102,6 +105,8 @@ class ExperimentConfig:
         labels = [m.label for m in self.models]
         if len(set(labels)) != len(labels):
             raise ValueError("models: two models have the same label (set model.name to tell them apart)")
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ValueError(f"threads: must be an integer >= 1 or null, got {self.threads!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is listed twice")
         labels = [d.label for d in self.datasets]
