@@ -5,11 +5,14 @@ or a local file in the hub schema or in any layout with a column mapping) into e
 prompt, the reference the teacher sees, the canonical answer, tests for code and tool use. The stage
 then fixes the splits (a dataset's own train/validation/test, or a seeded hash split), removes anything
 that would leak a held-out item into training, and applies the per-split limit. Ids are stable:
-``<dataset>/<native id>`` or ``<dataset>/<hash of the prompt>``.
+``<dataset>/<native id>`` or ``<dataset>/<hash of the prompt>``, and unique: a repeated id stops the
+stage naming both rows unless ``on_duplicate: keep_first`` is set. Nothing is dropped silently: every
+dropped record is counted by reason in the log and in the artifact's ``files/ingest_report.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -22,28 +25,39 @@ from stages.ingest.config import SPLITS, IngestConfig
 from stages.ingest.formats import Draft, RecordError, SkipRecord, content_hash, dumps, optional_text
 from stages.ingest.registry import REGISTRY, Adapter
 from stages.ingest.sources import IngestError, Record, read_hub, read_local
-from stages.ingest.splits import assign_pool, cap, drop_leaks
+from stages.ingest.splits import assign_pool, cap, dedupe_ids, drop_leaks
 
 log = logging.getLogger(__name__)
 
 NAME = "ingest"
-VERSION = 1
+VERSION = 2
+REPORT_FILE = "ingest_report.json"
 
 __all__ = ["NAME", "REGISTRY", "VERSION", "IngestConfig", "IngestError", "load_records", "run"]
 
 
-def run(cfg: IngestConfig, cache_dir: Path) -> dict[str, pa.Table]:
-    """Read ``cfg``'s source and return ``{"examples": table}`` conformed to ``schemas.EXAMPLES``."""
+def run(cfg: IngestConfig, cache_dir: Path, workspace: Any = None) -> dict[str, pa.Table]:
+    """Read ``cfg``'s source and return ``{"examples": table}`` conformed to ``schemas.EXAMPLES``.
+
+    With a ``workspace`` (storage.Workspace), what was dropped and why is written to its
+    ``files/ingest_report.json``."""
     adapter = REGISTRY[cfg.dataset]
     records, where = load_records(cfg, Path(cache_dir))
     rows, skipped = _build_rows(cfg, adapter, records, where)
     assign_pool(rows, cfg.test_fraction, cfg.seed)
-    rows, dropped = drop_leaks(rows)
-    rows = cap(rows, cfg.limit, cfg.seed)
-    for reason, n in sorted((skipped + dropped).items()):
-        log.info("ingest %s: dropped %d record(s): %s", cfg.label, n, reason)
+    rows, duplicates, duplicate_ids = dedupe_ids(rows, cfg.on_duplicate)
+    rows, leaks = drop_leaks(rows)
+    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in cap(rows, cfg.limit, cfg.seed)]
+    dropped = skipped + duplicates + leaks
+    for reason, n in sorted(dropped.items()):
+        log.log(logging.WARNING if reason in duplicates else logging.INFO,
+                "ingest %s: dropped %d record(s): %s", cfg.label, n, reason)
+    if workspace is not None:
+        report = {"records": len(records), "examples": len(rows), "dropped": dict(sorted(dropped.items())),
+                  "duplicate_ids": duplicate_ids}
+        (Path(workspace.files) / REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     if not rows:
-        why = "; ".join(f"{n} {r}" for r, n in sorted((skipped + dropped).items())) or "the source is empty"
+        why = "; ".join(f"{n} {r}" for r, n in sorted(dropped.items())) or "the source is empty"
         raise IngestError(f"{where}: no examples left ({why})")
     table = schemas.conform(rows, schemas.EXAMPLES)
     counts = Counter(table.column("split").to_pylist())
@@ -85,17 +99,20 @@ def _build_rows(cfg: IngestConfig, adapter: Adapter, records: list[Record],
     rows, skipped = [], Counter()
     for rec in records:
         native = rec.split if rec.split is not None else optional_text(rec.data.get(split_column))
-        target = _target(native, mapping, where)
+        origin = rec.origin or f"{where}, {rec.split + ' ' if rec.split else ''}row {rec.index}"
+        target = _target(native, mapping, origin)
         if target == "skip":
             skipped[f"split {native!r} is skipped"] += 1
             continue
         try:
-            rows.append(_row(cfg, family, adapter.convert(rec.data, cfg), target, native))
+            draft = adapter.convert(rec.data, cfg)
+            row = _row(cfg, family, draft, target, native)
+            rows.append(row | {"_origin": origin, "_hashed": draft.key is None})  # for dedupe_ids
         except SkipRecord as e:
             skipped[str(e)] += 1
         except RecordError as e:
-            split = f" ({native})" if native else ""
-            raise IngestError(f"{where}, row {rec.index}{split}: {e}") from None
+            split = f" ({native})" if native and not rec.split else ""
+            raise IngestError(f"{origin}{split}: {e}") from None
     return rows, skipped
 
 

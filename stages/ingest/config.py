@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from stages.ingest.formats import FAMILIES
 
@@ -13,6 +14,7 @@ SPLIT_TARGETS = (*SPLITS, "pool", "skip")
 LOCAL_FIELDS = ("id", "split", "prompt", "context", "options", "answer", "reference", "rationale",
                 "tests", "meta")
 DEFAULT_MATH_TASKS = ("basic_arithmetic", "chain_sum", "simple_equations")
+ON_DUPLICATE = ("error", "keep_first")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ class IngestConfig:
     Merged over the dataset's defaults (e.g. medmcqa and cos_e evaluate on their validation split)."""
     limit: int | None = None
     """Keep at most this many examples per split, after a seeded shuffle."""
+    on_duplicate: Literal["error", "keep_first"] = "error"
+    """Two records with the same id (the source's id column, or the prompt's hash when it has none):
+    `error` stops the stage naming both rows; `keep_first` keeps one per id (the first in source order,
+    a held-out split's copy before a train copy) and records what it dropped in the artifact's
+    `files/ingest_report.json`."""
     test_fraction: float = 0.5
     """For single-split sources: fraction of items held out as test, chosen by hashing (seed, id)."""
     seed: int = 0
@@ -73,7 +80,7 @@ class IngestConfig:
         self._check_source(REGISTRY[self.dataset])
         self._check_fields()
 
-    def _check_source(self, adapter) -> None:  # noqa: ANN001 - registry.Adapter (import cycle)
+    def _check_source(self, adapter) -> None:  # adapter: registry.Adapter (not imported: import cycle)
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.source not in adapter.sources:
@@ -100,6 +107,9 @@ class IngestConfig:
         bad = [v for _, v in self.splits if v not in SPLIT_TARGETS]
         if bad:
             raise ValueError(f"splits: unknown target {bad[0]!r} (valid: {', '.join(SPLIT_TARGETS)})")
+        if self.on_duplicate not in ON_DUPLICATE:
+            raise ValueError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, "
+                             f"got {self.on_duplicate!r}")
         if not 0.0 <= self.test_fraction <= 1.0:
             raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
         if self.limit is not None and self.limit < 1:

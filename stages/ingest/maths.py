@@ -7,6 +7,7 @@ annotations <<a*b=c>> removed; reasoning-gym's ``answer_cot`` for the tasks that
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,28 @@ from stages.ingest.formats import (
     clean_number,
     math_prompt,
     need,
+    normalise,
     optional_text,
     reference,
     text,
 )
 from stages.ingest.sources import Record
 
+log = logging.getLogger(__name__)
 _CALC = re.compile(r"<<[^>]*>>")
 
 
 def generate_math(cfg: IngestConfig, cache_dir: Path) -> list[Record]:
-    """`num_math_items` problems split evenly over `math_tasks`, each task generated with `seed`."""
+    """`num_math_items` problems split evenly over `math_tasks`, each task generated with `seed`.
+
+    A generator can repeat a question; a repeat is the same item again, so it is kept once (counted in
+    the log) rather than failing the stage as a duplicate id."""
     import reasoning_gym
 
     n = len(cfg.math_tasks)
     sizes = [cfg.num_math_items // n + (i < cfg.num_math_items % n) for i in range(n)]
     records: list[Record] = []
+    seen: set[str] = set()  # normalised questions: the id is a hash of the normalised prompt
     for task, size in zip(cfg.math_tasks, sizes, strict=True):
         if size == 0:
             continue
@@ -42,7 +49,13 @@ def generate_math(cfg: IngestConfig, cache_dir: Path) -> list[Record]:
         except (KeyError, ValueError) as e:
             raise ValueError(f"math_tasks: reasoning-gym cannot generate {task!r}: {e}") from None
         for item in items:
+            question = normalise(str(item.get("question", "")))
+            if question in seen:
+                continue
+            seen.add(question)
             records.append(Record(None, len(records), {"task": task, **item}))
+    if len(records) < cfg.num_math_items:
+        log.info("math: %d repeated question(s) kept once", cfg.num_math_items - len(records))
     return records
 
 

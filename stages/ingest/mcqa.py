@@ -28,7 +28,7 @@ from stages.ingest.formats import (
     reference,
     text,
 )
-from stages.ingest.sources import Record, read_file
+from stages.ingest.sources import Record, file_records
 
 MEDMCQA_FILE = Path("medmcqa") / "samples.jsonl"
 _EVALS_OPTION = re.compile(r"^([a-d])\) (.*)$")
@@ -62,7 +62,7 @@ def read_medmcqa_sample(cfg: IngestConfig, cache_dir: Path) -> list[Record]:
     path = cache_dir / MEDMCQA_FILE
     if not path.exists():
         raise FileNotFoundError(f"bundled MedMCQA sample not found at {path}; run `unisd assets install`")
-    return [Record(None, i, r) for i, r in enumerate(read_file(path))]
+    return file_records(path)
 
 
 def _from_evals(rec: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""Split assignment, leakage removal and per-split caps for the examples table.
+"""Split assignment, duplicate ids, leakage removal and per-split caps for the examples table.
 
+- Ids are unique: two records with the same id stop the stage, naming both rows, unless the config
+  says ``on_duplicate: keep_first`` (then one copy per id is kept, a held-out split's before a train
+  copy, and the dropped ones are counted).
 - Single-split sources are split by hashing (seed, id): an item's split depends only on its own id, so
   adding or removing other items never moves it, and the same seed always gives the same split.
-- A held-out split never shares an id or a normalised prompt with a split used for training: the copy
-  in the lower-priority split is dropped (test > validation > train).
+- A held-out split never shares a normalised prompt with a split used for training: the copy in the
+  lower-priority split is dropped (test > validation > train).
 - ``limit`` keeps the first N of each split after a seeded shuffle of the id-sorted rows, so the result
   does not depend on the order the source listed its records in.
 """
@@ -17,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from stages.ingest.formats import normalise
+from stages.ingest.sources import IngestError
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +41,45 @@ def assign_pool(rows: list[dict[str, Any]], test_fraction: float, seed: int) -> 
             row["split"] = "test" if hash_unit(seed, row["id"]) < test_fraction else "train"
 
 
+def dedupe_ids(rows: list[dict[str, Any]], policy: str) -> tuple[list[dict[str, Any]], Counter, list[str]]:
+    """Rows with unique ids, the count of dropped copies and their ids (``policy`` keep_first), or an
+    IngestError naming the first two rows sharing an id (``policy`` error).
+
+    A row's ``_origin`` says where it came from and ``_hashed`` whether its id is a hash of the prompt."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        group = groups.setdefault(row["id"], [])
+        if group and policy == "error":
+            raise IngestError(_duplicate_message(rows[group[0]], row))
+        group.append(i)
+    keep = {min(g, key=lambda i: (_PRIORITY[rows[i]["split"]], i)) for g in groups.values()}
+    dropped_ids = [row["id"] for i, row in enumerate(rows) if i not in keep]
+    dropped = Counter({"duplicate id (on_duplicate: keep_first)": len(dropped_ids)} if dropped_ids else {})
+    return [row for i, row in enumerate(rows) if i in keep], dropped, dropped_ids
+
+
+def _duplicate_message(first: dict[str, Any], second: dict[str, Any]) -> str:
+    why = (" (the source has no id, so the id is a hash of the prompt: both rows ask the same question)"
+           if first.get("_hashed") else "")
+    a, b = first["_origin"], second["_origin"]
+    source = a.rsplit(", ", 1)[0]
+    if b.startswith(source + ", "):  # same file: name it once
+        b = b[len(source) + 2:]
+    return (f"duplicate id {first['id']!r}: {a} and {b}{why}; ids must be unique "
+            "(set on_duplicate: keep_first to keep one copy per id)")
+
+
 def drop_leaks(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter]:
-    """Remove duplicate ids within a split and any id or normalised prompt already in a held-out split."""
-    best_id: dict[str, int] = {}
-    best_prompt: dict[str, int] = {}
+    """Remove any row whose normalised prompt is also in a higher-priority (held-out) split."""
+    best: dict[str, int] = {}
     for row in rows:
         p, text = _PRIORITY[row["split"]], normalise(row["prompt"])
-        best_id[row["id"]] = min(p, best_id.get(row["id"], p))
-        best_prompt[text] = min(p, best_prompt.get(text, p))
-    kept, seen, dropped = [], set(), Counter()
+        best[text] = min(p, best.get(text, p))
+    kept, dropped = [], Counter()
     for row in rows:
-        p = _PRIORITY[row["split"]]
-        if best_id[row["id"]] < p or best_prompt[normalise(row["prompt"])] < p:
+        if best[normalise(row["prompt"])] < _PRIORITY[row["split"]]:
             dropped[f"{row['split']}: also in a held-out split"] += 1
-        elif row["id"] in seen:
-            dropped[f"{row['split']}: duplicate id"] += 1
         else:
-            seen.add(row["id"])
             kept.append(row)
     return kept, dropped
 

@@ -200,6 +200,7 @@ def test_duplicate_prompts_across_splits_are_dropped_from_train(tmp_path: Path) 
     ]
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = examples(dataset="local", family="math", path=str(path), columns={"prompt": "question"})
+    table = examples(dataset="local", family="math", path=str(path), columns={"prompt": "question"},
+                     on_duplicate="keep_first")
     assert splits_of(table) == {"qa/b": "test", "qa/c": "validation", "qa/d": "train"}
     assert_no_leak(table)

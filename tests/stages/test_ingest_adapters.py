@@ -181,7 +181,7 @@ def test_schema_errors_name_the_row_and_field(tmp_path: Path) -> None:
     del raw[2]["choices"]
     path = tmp_path / "cos_e.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in raw))
-    with pytest.raises(IngestError, match=r"row 2: missing field 'choices'"):
+    with pytest.raises(IngestError, match=r"cos_e.jsonl, line 3: missing field 'choices'"):
         load("cos_e", path)
 
 

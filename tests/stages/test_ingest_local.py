@@ -77,15 +77,15 @@ def test_parquet_with_list_options_and_integer_answer(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("row", "message"), [
-    ({"answer": "B", "options": ["a", "b"]}, r"row 1: missing column 'question' \(field prompt"),
+    ({"answer": "B", "options": ["a", "b"]}, r"line 2: missing column 'question' \(field prompt"),
     ({"question": "Q?", "answer": "E", "options": ["a", "b", "c", "d"]},
-     r"row 1: column 'answer': answer 'E' is not one of the options A-D"),
-    ({"question": "Q?", "answer": 7, "options": ["a", "b"]}, r"row 1: answer index 7 is out of range"),
+     r"line 2: column 'answer': answer 'E' is not one of the options A-D"),
+    ({"question": "Q?", "answer": 7, "options": ["a", "b"]}, r"line 2: answer index 7 is out of range"),
     ({"question": "  ", "answer": "A", "options": ["a", "b"]},
-     r"row 1: column 'question' \(field prompt\) is empty"),
-    ({"question": "Q?", "answer": "A", "options": "[a, b"}, r"row 1: column 'options' .* not a JSON list"),
-    ({"question": "Q?", "answer": "A", "options": ["a", ""]}, r"row 1: .*option B is empty"),
-    ({"question": "Q?", "answer": "maybe", "options": ["a", "b"]}, r"row 1: .*'maybe' is not a letter"),
+     r"line 2: column 'question' \(field prompt\) is empty"),
+    ({"question": "Q?", "answer": "A", "options": "[a, b"}, r"line 2: column 'options' .* not a JSON list"),
+    ({"question": "Q?", "answer": "A", "options": ["a", ""]}, r"line 2: .*option B is empty"),
+    ({"question": "Q?", "answer": "maybe", "options": ["a", "b"]}, r"line 2: .*'maybe' is not a letter"),
 ])
 def test_bad_rows_are_one_line_errors_naming_row_and_column(tmp_path: Path, row: dict, message: str) -> None:
     good = {"question": "Fine?", "answer": "A", "options": ["yes", "no"]}
@@ -99,7 +99,7 @@ def test_csv_missing_column_error_lists_the_columns(tmp_path: Path) -> None:
     path = tmp_path / "qa.csv"
     with path.open("w", newline="") as f:
         csv.writer(f).writerows([["q", "a"], ["What is 1+1?", "2"]])
-    with pytest.raises(IngestError, match=r"row 0: missing column 'question' .*columns present: a, q"):
+    with pytest.raises(IngestError, match=r"csv, line 2: missing column 'question' .*columns present: a, q"):
         load(path, "math", columns={"prompt": "question"})
 
 
