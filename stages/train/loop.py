@@ -12,7 +12,6 @@ process count because DDP averages gradients.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,6 +21,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from engines.memory import peak_memory_mb, reset_peak_memory
 from engines.models import ModelConfig, load_model, pick_device, resolve_dtype, resolve_path
 from stages.train import checkpoint as ckpt
 from stages.train.batches import BatchContext, completion_ids, generate, micro_batches
@@ -94,6 +94,7 @@ def setup(cfg: TrainConfig, model: ModelConfig, examples: pa.Table, contexts: pa
     """Load the model, wrap it, build teachers, optimizer and schedule; resume if a state exists."""
     from accelerate import Accelerator
 
+    reset_peak_memory()  # peak_mem_mb is this run's own, not an earlier method's in the same process
     acc = Accelerator(cpu=pick_device(model.device) == "cpu", mixed_precision=cfg.mixed_precision)
     if cfg.batch_size % (cfg.grad_accum * acc.num_processes):
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum × processes "
@@ -250,13 +251,6 @@ def _reduce(acc, metrics: dict[str, float], loss: float) -> tuple[dict[str, floa
            for k, v in zip(keys, summed)}
     out["train/tokens/completion"] = metrics["train/tokens/completion"]  # already a global count
     return out, summed[-1]
-
-
-def peak_memory_mb() -> float:
-    """Peak memory of this process: CUDA max allocated on GPU, else the max resident set size."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _samples(run: Run, step: int, items: list[TrainItem], completions) -> list[dict]:
