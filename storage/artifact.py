@@ -1,15 +1,17 @@
 """A finished artifact (read side) and the workspace a stage computes in (write side).
 
 An ``Artifact`` is a directory ``<root>/<stage>/<key>/`` with one Parquet file per output table,
-optional extra files under ``files/`` and ``manifest.json``. Reading a table re-checks it against the
-schema recorded in the manifest, so a tampered or truncated file fails loudly instead of feeding
-bad rows to the next stage. A ``Workspace`` is the artifact's partial directory: it survives crashes
+optional extra files under ``files/`` and ``manifest.json``. Reading a table first checks the file
+against the size, SHA-256 and row count the manifest records (``storage.integrity``), then against
+the schema recorded there, so a tampered or truncated file fails loudly instead of feeding bad rows
+to the next stage. A ``Workspace`` is the artifact's partial directory: it survives crashes
 for the same key, so long stages save progress there and resume from it.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import uuid
@@ -23,9 +25,10 @@ import pyarrow.parquet as pq
 import schemas
 from schemas import SchemaError, TableSchema
 
+from .integrity import MANIFEST, CorruptArtifact, check_table
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 FILES = "files"
 PROGRESS = "progress"
 
@@ -45,6 +48,21 @@ def schema_from_record(rec: dict[str, Any]) -> TableSchema:
     """Inverse of ``schema_record``."""
     arrow = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(rec["arrow"])))
     return TableSchema(rec["schema"], arrow, required=tuple(rec["required"]), key=tuple(rec["key"]))
+
+
+def read_manifest(path: Path, stage: str, key: str) -> dict | None:
+    """The manifest of a finished artifact dir, or None if absent, unreadable or inconsistent."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring artifact %s: unreadable manifest (%s)", path, e)
+        return None
+    if not isinstance(manifest, dict) or manifest.get("stage") != stage or manifest.get("key") != key:
+        log.warning("ignoring artifact %s: manifest names a different stage/key", path)
+        return None
+    return manifest
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, *, fsync: bool = False) -> None:
@@ -97,9 +115,13 @@ class Artifact:
         return current if current is not None else ts
 
     def table(self, name: str) -> pa.Table:
-        """Read ``<path>/<name>.parquet`` and validate it against its schema (SchemaError on mismatch)."""
+        """Read ``<path>/<name>.parquet`` after checking its size, SHA-256 and row count against the
+        manifest (CorruptArtifact), and validate it against its schema (SchemaError on mismatch)."""
         ts = self.schema(name)
         path = self.path / f"{name}.parquet"
+        if (problem := check_table(self.path, self.manifest, name, full=True)) is not None:
+            raise CorruptArtifact(f"artifact {self.stage}/{self.key[:12]} is corrupt: {problem}; "
+                                  "rerun to quarantine and recompute it")
         try:
             table = pq.read_table(path)
         except FileNotFoundError:

@@ -9,6 +9,12 @@ Write protocol (why each step exists):
    manifest (last) into a fresh ``<stage>/.tmp-<key>-<uuid>/``, fsync, and ``os.rename`` it to the
    final path. A reader therefore sees either no artifact or a complete, schema-valid one.
 5. Delete the partial dir, release the lock, refresh the DuckDB catalog (best effort).
+
+Integrity: the manifest records every file's size and SHA-256 and every table's row count
+(``storage.integrity``). ``find`` (so every cache hit and every input a stage reads) checks them; an
+artifact that fails is moved to ``<stage>/.quarantine-<key>-<time>/`` (out of ``find`` and the
+catalog, kept for inspection until ``gc``) and is recomputed by the next run. ``materialize`` checks
+its inputs before computing, so a ``force`` recompute never reads a corrupt input.
 """
 
 from __future__ import annotations
@@ -37,15 +43,16 @@ import schemas
 from schemas import SchemaError
 
 from . import catalog
-from .artifact import FILES, MANIFEST, Artifact, Workspace, fsync_path, schema_record
+from .artifact import FILES, MANIFEST, Artifact, Workspace, fsync_path, read_manifest, schema_record
+from .integrity import CorruptArtifact, check_artifact, file_records, is_unverified
 from .keys import KEY_RE, NAME_RE, StageSpec, artifact_key, canonical_json
 from .locking import file_lock, try_file_lock
 
 log = logging.getLogger(__name__)
 
 Compute = Callable[[Workspace], Mapping[str, pa.Table]]
-_WORK_RE = re.compile(r"^\.(partial|tmp|old|lock)-([0-9a-f]{64})(-[0-9a-f]+)?$")
-_CATALOG_TMP_MAX_AGE = 3600.0
+_WORK_RE = re.compile(r"^\.(partial|tmp|old|lock|quarantine)-([0-9a-f]{64})(-[0-9A-Za-z]+)*$")
+_CATALOG_TMP_RE = re.compile(r"^\.catalog-([0-9a-f]{32})\.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,17 +99,10 @@ def _conform_outputs(spec: StageSpec, outputs: Any) -> dict[str, pa.Table]:
     return {name: schemas.conform(outputs[name], spec.outputs[name]) for name in spec.outputs}
 
 
-def _read_manifest(path: Path, stage: str, key: str) -> dict | None:
-    """The manifest of a finished artifact dir, or None if absent, unreadable or inconsistent."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warning("ignoring artifact %s: unreadable manifest (%s)", path, e)
-        return None
-    if not isinstance(manifest, dict) or manifest.get("stage") != stage or manifest.get("key") != key:
-        log.warning("ignoring artifact %s: manifest names a different stage/key", path)
+def _load_manifest(path: Path, stage: str, key: str) -> dict | None:
+    """The manifest of a finished artifact dir whose table files all exist, else None."""
+    manifest = read_manifest(path, stage, key) if path.is_dir() else None
+    if manifest is None:
         return None
     missing = [t for t in manifest.get("outputs", {}) if not (path / f"{t}.parquet").is_file()]
     if missing:
@@ -140,35 +140,113 @@ class Store:
         return artifact_key(spec, config, {name: art.key for name, art in inputs.items()})
 
     def find(self, stage: str, key: str) -> Artifact | None:
-        """The finished artifact ``stage``/``key``, or None."""
+        """The finished, intact artifact ``stage``/``key``, or None.
+
+        The artifact's files are checked against its manifest (``storage.integrity`` read check); a
+        corrupt one is quarantined (under its key's lock) and None is returned, so it is recomputed.
+        """
         if not KEY_RE.match(key):
             raise ValueError(f"artifact key {key!r} must be 64 lowercase hex characters")
+        art, problems = self._inspect(stage, key)
+        if not problems:
+            return art
+        with file_lock(self._stage_dir(stage) / f".lock-{key}"):
+            return self._find_locked(stage, key)
+
+    def _inspect(self, stage: str, key: str) -> tuple[Artifact | None, list[str]]:
+        """The artifact dir ``stage``/``key`` (None if it has no readable manifest) and its problems."""
         path = self._stage_dir(stage) / key
-        manifest = _read_manifest(path, stage, key) if path.is_dir() else None
-        return None if manifest is None else Artifact(stage, key, path, manifest)
+        manifest = read_manifest(path, stage, key) if path.is_dir() else None
+        if manifest is None:
+            return None, []
+        return Artifact(stage, key, path, manifest), check_artifact(path, manifest)
+
+    def _find_locked(self, stage: str, key: str) -> Artifact | None:
+        """``find`` for a caller that holds the key's lock: re-check, quarantine if still corrupt."""
+        art, problems = self._inspect(stage, key)
+        if art is None or not problems:
+            return art
+        self._quarantine(art, problems)
+        return None
+
+    def _quarantine(self, art: Artifact, problems: list[str]) -> Path:
+        """Move a corrupt artifact aside (caller holds its lock) and drop it from the catalog."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = art.path.with_name(f".quarantine-{art.key}-{stamp}")
+        os.rename(art.path, aside)
+        (aside / "QUARANTINED.txt").write_text("\n".join(problems) + "\n")
+        log.warning("stage %s: artifact %s is corrupt (%s); quarantined to %s, it will be recomputed",
+                    art.stage, art.key[:12], "; ".join(problems), aside)
+        self._refresh_catalog()
+        return aside
 
     def get(self, stage: str, key: str) -> Artifact:
-        """Like ``find`` but raises KeyError when the artifact does not exist."""
+        """Like ``find`` but raises KeyError when the artifact does not exist (or was corrupt)."""
         art = self.find(stage, key)
         if art is None:
             raise KeyError(f"no finished artifact {stage}/{key} in {self.root}")
         return art
 
+    def _stages(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+
     def list(self, stage: str | None = None) -> list[Artifact]:
-        """Finished artifacts (of one stage, or all), ordered by stage then finish time."""
-        stages = [stage] if stage is not None else sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+        """Finished artifacts (of one stage, or all), ordered by stage then finish time.
+
+        Listing reads manifests only; ``verify`` checks the files."""
         arts = []
-        for s in stages:
+        for s in [stage] if stage is not None else self._stages():
             sdir = self._stage_dir(s)
             if sdir.is_dir():
-                arts += [a for p in sorted(sdir.iterdir()) if KEY_RE.match(p.name)
-                         for a in [self.find(s, p.name)] if a is not None]
+                arts += [Artifact(s, p.name, p, m) for p in sorted(sdir.iterdir()) if KEY_RE.match(p.name)
+                         for m in [_load_manifest(p, s, p.name)] if m is not None]
         return sorted(arts, key=lambda a: (a.stage, a.manifest.get("timings", {}).get("finished", "")))
+
+    def verify(self, *, stage: str | None = None, quarantine: bool = True) -> list[tuple[str, str, str]]:
+        """Fully check every artifact (every file hashed); returns (stage, key, verdict) per artifact
+        that is not intact: ``corrupt: …`` (quarantined unless ``quarantine`` is False or a run holds
+        its lock) or ``unverified: …`` (an older manifest without file records)."""
+        out = []
+        for s in [stage] if stage is not None else self._stages():
+            sdir = self._stage_dir(s)
+            for path in sorted(p for p in sdir.iterdir() if KEY_RE.match(p.name)) if sdir.is_dir() else []:
+                manifest = read_manifest(path, s, path.name)
+                problems = (["manifest.json is missing or unreadable"] if manifest is None else
+                            check_artifact(path, manifest, full=True, cache=False))
+                if not problems:
+                    if manifest is not None and is_unverified(manifest):
+                        out.append((s, path.name, "unverified: the manifest records no file sizes or hashes"))
+                    continue
+                verdict = "corrupt: " + "; ".join(problems)
+                if quarantine:
+                    verdict += self._verify_quarantine(Artifact(s, path.name, path, manifest or {}), problems)
+                out.append((s, path.name, verdict))
+        return out
+
+    def _verify_quarantine(self, art: Artifact, problems: list[str]) -> str:
+        with try_file_lock(art.path.parent / f".lock-{art.key}") as held:
+            if not held:
+                return " (a run holds its lock: not quarantined)"
+            return f" (quarantined to {self._quarantine(art, problems)})"
+
+    def _check_inputs(self, stage: str, inputs: Mapping[str, Artifact]) -> None:
+        """Raise CorruptArtifact if an input no longer matches its manifest, quarantining it first."""
+        for name, art in sorted(inputs.items()):
+            problems = check_artifact(art.path, art.manifest)
+            if not problems:
+                continue
+            if art.path == self._stage_dir(art.stage) / art.key:
+                with try_file_lock(art.path.parent / f".lock-{art.key}") as held:
+                    if held:
+                        self._find_locked(art.stage, art.key)
+            raise CorruptArtifact(f"stage {stage}: input {name} ({art.stage}/{art.key[:12]}) is corrupt: "
+                                  f"{'; '.join(problems)}; rerun to recompute it")
 
     def materialize(self, spec: StageSpec, config: Any, inputs: Mapping[str, Artifact], compute: Compute,
                     *, force: bool = False, extra_manifest: Mapping | None = None) -> Artifact:
-        """Return the artifact for (spec, config, inputs), computing and publishing it if needed."""
+        """Return the artifact for (spec, config, inputs), computing and publishing it if needed.
+
+        Before computing, every input is checked against its manifest (CorruptArtifact if one fails)."""
         key = self.key_for(spec, config, inputs)
         if not force and (art := self.find(spec.name, key)) is not None:
             log.info("stage %s: reusing artifact %s", spec.name, key[:12])
@@ -176,9 +254,10 @@ class Store:
         sdir = self._stage_dir(spec.name)
         sdir.mkdir(parents=True, exist_ok=True)
         with file_lock(sdir / f".lock-{key}"):
-            if not force and (art := self.find(spec.name, key)) is not None:
+            if not force and (art := self._find_locked(spec.name, key)) is not None:
                 log.info("stage %s: artifact %s was written by another run", spec.name, key[:12])
                 return art
+            self._check_inputs(spec.name, inputs)
             meta = {
                 "stage": spec.name, "version": spec.version, "key": key,
                 "config": json.loads(canonical_json(config)),
@@ -213,6 +292,7 @@ class Store:
                 fsync_path(tmp / f"{name}.parquet")
             if any(ws.files.iterdir()):
                 shutil.copytree(ws.files, tmp / FILES, symlinks=True, copy_function=_link_or_copy)
+            meta["files"] = file_records(tmp)
             (tmp / MANIFEST).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             fsync_path(tmp / MANIFEST)
             fsync_path(tmp)
@@ -272,13 +352,21 @@ class Store:
         return out
 
     def _gc_catalog_temps(self, dry_run: bool) -> list[Path]:
-        """Catalog temp files left by a killed refresh (older than an hour, so never a live one)."""
-        old = [p for p in self.root.glob(".catalog-*")
-               if time.time() - p.stat().st_mtime > _CATALOG_TMP_MAX_AGE]
-        if not dry_run:
-            for p in old:
-                p.unlink(missing_ok=True)
-        return old
+        """Catalog temp files (``.catalog-<id>.*``) whose refresh is gone, i.e. its lock is free."""
+        groups: dict[str, list[Path]] = {}
+        for p in sorted(self.root.iterdir()):
+            if (m := _CATALOG_TMP_RE.match(p.name)) is not None:
+                groups.setdefault(m[1], []).append(p)
+        stale = []
+        for ident, paths in groups.items():
+            with try_file_lock(catalog.refresh_lock(self.root, ident)) as held:
+                if not held:
+                    continue  # a live refresh is building this file
+                stale += paths
+                if not dry_run:
+                    for p in paths:
+                        p.unlink(missing_ok=True)
+        return stale
 
 
 def _publish(tmp: Path, final: Path) -> None:

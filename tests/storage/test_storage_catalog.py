@@ -64,10 +64,11 @@ def test_refresh_swaps_file_under_open_reader(store, spec, counting):
     old = duckdb.connect(str(store.root / "catalog.duckdb"), read_only=True)
     try:
         store.materialize(spec, {"a": 2}, {}, counting())  # replaces catalog.duckdb underneath
-        assert old.sql("select count(*) from scores").fetchall() == [(4,)]  # old views, live files
-        assert old.sql("select count(*) from artifacts").fetchall() == [(2,)]
+        assert old.sql("select count(*) from scores").fetchall() == [(2,)]  # its snapshot, still readable
+        assert old.sql("select count(*) from artifacts").fetchall() == [(1,)]
     finally:
         old.close()
+    assert store.query("select count(*) as n from scores").column("n").to_pylist() == [4]
     assert sorted(p.name for p in store.root.iterdir()) == ["catalog.duckdb", "evaluate"]
 
 
@@ -116,15 +117,32 @@ def test_format_table_csv_and_json():
         format_table(_sample(), "xml")
 
 
-def test_unreadable_file_drops_only_its_view(store, spec, counting, caplog):
+def test_unreadable_file_leaves_out_only_its_artifact(store, spec, counting, make_scores, caplog):
     art = store.materialize(spec, {"a": 1}, {}, counting())
+    good = store.materialize(spec, {"a": 2}, {}, counting(make_scores(3)))
     store.materialize(StageSpec("ingest", 1, {}, {"examples": schemas.EXAMPLES}), {}, {},
                       lambda ws: {"examples": [{"id": "1", "dataset": "d", "split": "test", "family": "free",
                                                 "prompt": "p", "reference": "r", "answer": "a"}]})
     (art.path / "scores.parquet").write_bytes(b"garbage")
     assert store.query("select id from examples").to_pylist() == [{"id": "1"}]
-    assert "catalog: no view scores" in caplog.text
+    assert store.query("select artifact_key, count(*) as n from scores group by all").to_pylist() == [
+        {"artifact_key": good.key, "n": 3}]  # the view stays, without the bad file
+    assert f"catalog: leaving out evaluate/{art.key[:12]}" in caplog.text
     assert store.query("select count(*) as n from artifacts").column("n").to_pylist() == [2]
+
+
+def test_old_manifest_without_records_still_listed_and_checked_by_rows(store, spec, counting, make_scores,
+                                                                      caplog):
+    old = store.materialize(spec, {"a": 1}, {}, counting())
+    good = store.materialize(spec, {"a": 2}, {}, counting(make_scores(3)))
+    manifest = json.loads((old.path / "manifest.json").read_text())
+    del manifest["files"]  # written before file records existed
+    (old.path / "manifest.json").write_text(json.dumps(manifest))
+    assert store.query("select count(*) as n from scores").column("n").to_pylist() == [5]
+    assert "records no file sizes or hashes" in caplog.text
+    (old.path / "scores.parquet").write_bytes(b"garbage")  # no size to compare, but the footer is unreadable
+    rows = store.query("select artifact_key, count(*) as n from scores group by all").to_pylist()
+    assert rows == [{"artifact_key": good.key, "n": 3}]
 
 
 def test_plain_text_keeps_columns_with_the_same_name():

@@ -14,6 +14,7 @@ import pytest
 import schemas
 from schemas import SchemaError
 from storage import StageSpec, Store, Workspace
+from storage.integrity import CorruptArtifact
 
 
 def _hidden(store: Store, stage: str = "evaluate") -> list[str]:
@@ -142,16 +143,35 @@ def test_tampered_parquet_fails_on_read(store, spec, counting, make_scores):
     art = store.materialize(spec, {"a": 1}, {}, counting())
     path = art.path / "scores.parquet"
     pq.write_table(make_scores(2).drop_columns(["n"]), path)
+    with pytest.raises(CorruptArtifact, match="scores.parquet: size is"):
+        art.table("scores")
+    assert store.find("evaluate", art.key) is None  # quarantined
+    with pytest.raises(KeyError, match="predictions"):
+        art.table("predictions")
+
+
+def _without_records(art) -> None:
+    """Make ``art`` look like an artifact written before manifests recorded sizes and hashes."""
+    del art.manifest["files"]
+    (art.path / "manifest.json").write_text(json.dumps(art.manifest))
+
+
+def test_schema_is_checked_on_read_even_without_file_records(store, spec, counting, make_scores):
+    art = store.materialize(spec, {"a": 1}, {}, counting())
+    _without_records(art)
+    path = art.path / "scores.parquet"
+    pq.write_table(make_scores(2).drop_columns(["n"]), path)
     with pytest.raises(SchemaError, match="schema mismatch"):
         store.get("evaluate", art.key).table("scores")
     pq.write_table(make_scores(2).set_column(5, "n", pa.array([1.5, 2.5])), path)
     with pytest.raises(SchemaError, match="schema mismatch"):
         art.table("scores")
-    path.write_bytes(b"not parquet")
-    with pytest.raises(SchemaError, match="cannot read"):
+    pq.write_table(make_scores(3), path)
+    with pytest.raises(CorruptArtifact, match="holds 3 rows, the manifest records 2"):
         art.table("scores")
-    with pytest.raises(KeyError, match="no table 'predictions'"):
-        art.table("predictions")
+    path.write_bytes(b"not parquet")
+    with pytest.raises(CorruptArtifact, match="unreadable Parquet"):
+        art.table("scores")
 
 
 def test_schema_change_since_write_is_reported(store, spec, counting):
@@ -166,8 +186,9 @@ def test_table_not_in_schemas_all_is_checked_against_manifest(store):
     art = store.materialize(StageSpec("analyze", 1, {}, {"custom": custom}), {}, {},
                             lambda ws: {"custom": pa.table({"x": [1, 2]})})
     assert art.table("custom").column("x").to_pylist() == [1, 2]
+    _without_records(art)
     pq.write_table(pa.table({"x": [1, 1]}), art.path / "custom.parquet")
-    with pytest.raises(SchemaError):
+    with pytest.raises(SchemaError, match="schema mismatch"):
         art.table("custom")
 
 
