@@ -1,8 +1,9 @@
 """Typed configuration from YAML presets and dotted overrides.
 
 Configs are frozen dataclasses with attribute docstrings. `build(cls, data)` turns plain YAML data
-into a dataclass, rejecting unknown keys and badly typed values with one line naming the dotted
-field (``evaluate.batch_size: expected int, got 'x'``). `apply_overrides` merges ``a.b.c=value``
+into a dataclass, rejecting unknown keys, badly typed values and numbers outside their range
+(`unisd.constraints`) with one line naming the dotted field (``evaluate.batch_size: expected an
+integer, got 'x'``, ``evaluate.temperature: must be >= 0, got -1``). `apply_overrides` merges ``a.b.c=value``
 strings (values parsed as YAML scalars) into the raw data before building, so validation runs once on
 the final config, before any work starts.
 """
@@ -10,19 +11,34 @@ the final config, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 import yaml
+
+if TYPE_CHECKING:
+    from unisd.constraints import Bound
+
+Rules = Mapping[type, Mapping[str, "Bound"]]
 
 
 class ConfigError(ValueError):
     """A configuration is invalid; the message is one line naming the field."""
 
 
-def build(cls: type, data: Any, path: str = "") -> Any:
-    """Construct dataclass ``cls`` from a mapping, recursively, with typed validation."""
+def build(cls: type, data: Any, path: str = "", rules: Rules | None = None) -> Any:
+    """Construct dataclass ``cls`` from a mapping, recursively, with typed validation.
+
+    Numbers are checked against ``rules`` (default: `unisd.constraints.rules()`) before any
+    ``__post_init__`` runs, so a range error always names the dotted key."""
+    if rules is None:
+        from unisd.constraints import rules as default_rules
+
+        rules = default_rules()
     where = path or cls.__name__
     if isinstance(data, cls):
         return data
@@ -35,7 +51,11 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{_join(path, unknown[0])}: unknown key (valid: {', '.join(sorted(fields))})")
-    kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
+    kwargs = {name: _coerce(hints[name], value, _join(path, name), rules) for name, value in data.items()}
+    for name, value in kwargs.items():
+        bound = rules.get(cls, {}).get(name)
+        if bound is not None:
+            _check_numbers(bound, value, _join(path, name))
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -50,7 +70,21 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _coerce(tp: Any, value: Any, path: str) -> Any:
+def _check_numbers(bound: Bound, value: Any, path: str) -> None:
+    """Check a number, or each number of a list or mapping field, against ``bound``."""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(bound, v, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(bound, v, f"{path}.{k}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        problem = bound.problem(value)
+        if problem is not None:
+            raise ConfigError(f"{path}: {problem}")
+
+
+def _coerce(tp: Any, value: Any, path: str, rules: Rules) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -63,7 +97,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, path)
+                return _coerce(arg, value, path, rules)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: invalid value {value!r}")
@@ -73,21 +107,23 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: must be one of {choices}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, path)
+        return build(tp, value, path, rules)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         args = get_args(tp)
         item = args[0] if args else Any
-        return tuple(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(item, v, f"{path}[{i}]", rules) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         _, vt = get_args(tp) or (Any, Any)
-        return {str(k): _coerce(vt, v, f"{path}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(vt, v, f"{path}.{k}", rules) for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -176,10 +212,10 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     body = ast.parse(src).body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name):
-            if isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
-                docs[a.target.id] = " ".join(str(b.value.value).split())
+    for a, b in itertools.pairwise(body):
+        if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                and isinstance(getattr(b, "value", None), ast.Constant)):
+            docs[a.target.id] = " ".join(str(b.value.value).split())
     return docs
 
 

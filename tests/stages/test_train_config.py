@@ -29,16 +29,16 @@ def _load(name: str) -> TrainConfig:
     ({"features": {"weight": 0.1}}, "features.weight > 0 needs features.mode repr or joint"),
     ({"features": {"mode": "joint"}}, "features.mode=joint needs features.weight > 0"),
     ({"teacher": {"ema_beta": 0.9}}, "teacher.ema_beta/ema_every need teacher.kind=ema"),
-    ({"teacher": {"kind": "ema", "ema_beta": 1.0}}, "teacher.ema_beta must be in [0, 1)"),
+    ({"teacher": {"kind": "ema", "ema_beta": 1.0}}, "teacher.ema_beta: must be in [0, 1), got 1"),
     ({"divergence": {"beta": 0.3}}, "divergence.beta is only used by kind=jsd"),
     ({"divergence": {"weight": 0.0}}, "every loss term has weight 0"),
     ({"divergence": {"weight": 0.0}, "sft": {"weight": 1.0}, "agreement": {"level": "token"}},
      "agreement weights scale the divergence term, whose weight is 0"),
     ({"features": {"mode": "repr", "weight": 1.0}, "clip": {"max_value": 3.0}}, "clip caps the divergence term"),
     ({"batch_size": 6, "grad_accum": 4}, "batch_size=6 must be divisible by grad_accum=4"),
-    ({"rollout": {"top_p": 0.0}}, "rollout.top_p must be in (0, 1]"),
-    ({"lora": {"dropout": 1.0}}, "lora.dropout must be in [0, 1)"),
-    ({"steps": 0}, "steps must be >= 1"),
+    ({"rollout": {"top_p": 0.0}}, "rollout.top_p: must be in (0, 1], got 0"),
+    ({"lora": {"dropout": 1.0}}, "lora.dropout: must be in [0, 1), got 1"),
+    ({"steps": 0}, "steps: must be >= 1, got 0"),
 ])
 def test_incoherent_configs_fail_with_one_line(override, message):
     with pytest.raises(ConfigError) as err:

@@ -25,7 +25,7 @@ def test_overrides_are_typed_and_applied():
 @pytest.mark.parametrize("override,message", [
     ("evaluate.batch_sise=2", "evaluate.batch_sise: unknown key"),
     ("evaluate.batch_size=two", "evaluate.batch_size: expected an integer"),
-    ("evaluate.batch_size=0", "batch_size must be >= 1"),
+    ("evaluate.batch_size=0", "evaluate.batch_size: must be >= 1, got 0"),
     ("evaluate.temperature=[1]", "evaluate.temperature: expected a number"),
     ("datasets.0.dataset=imagenet", "unknown dataset 'imagenet'"),
     ("datasets.9.limit=1", "not a valid index"),
@@ -36,7 +36,7 @@ def test_overrides_are_typed_and_applied():
     ("seeds=[1,1]", "seeds: a seed is listed twice"),
     ("transfer=[{train: medmcqa, evaluate: gpqa}]", "transfer[0].evaluate: 'gpqa' is not one of the datasets"),
     ("transfer=[{train: medmcqa, evaluate: medmcqa}]", "train and evaluate are the same dataset"),
-    ("analyze.confidence=1.2", "analyze.confidence must be in (0, 1)"),
+    ("analyze.confidence=1.2", "analyze.confidence: must be in (0, 1), got 1.2"),
 ])
 def test_bad_config_is_one_clear_line(override, message):
     with pytest.raises(ConfigError) as err:
