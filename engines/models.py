@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from engines import assets
+from engines.weights import check_weights
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = resolve_path(cfg.path)
+    check_weights(path)  # a truncated weight file: one line naming it, not a SafetensorError
     device = pick_device(cfg.device)
     dtype_name = resolve_dtype(cfg.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype_name))

@@ -2,7 +2,8 @@
 
 `ExperimentConfig` composes the stage configs. A preset may start with ``extends: <preset>`` to
 inherit another preset and change only what differs. Everything is validated here, before any work
-starts: unknown keys, badly typed values, unknown datasets, a missing model folder.
+starts: unknown keys, badly typed values, numbers out of range (`unisd.constraints`), unknown
+datasets, a missing model folder or a truncated weight file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from engines.models import ModelConfig, resolve_path
+from engines.weights import check_weights
 from stages.analyze import AnalyzeConfig
 from stages.contexts import ContextsConfig
 from stages.evaluate import EvaluateConfig
@@ -224,7 +226,7 @@ def load_experiment(preset: str | None = None, config: str | None = None,
         try:
             for model in exp.model_list:
                 if not model.path.startswith("embedded:"):
-                    resolve_path(model.path)
+                    check_weights(resolve_path(model.path))
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return exp
