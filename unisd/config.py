@@ -24,7 +24,7 @@ from stages.ingest import REGISTRY, IngestConfig
 from stages.negatives import NegativesConfig
 from stages.retrieval import RetrievalConfig
 from stages.train import TrainConfig
-from unisd.configtools import ConfigError, deep_merge, apply_overrides, build, to_dict
+from unisd.configtools import ConfigError, apply_overrides, build, deep_merge, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 METHOD_DIR = CONFIG_DIR / "methods"
