@@ -203,9 +203,9 @@ class Store:
         return sorted(arts, key=lambda a: (a.stage, a.manifest.get("timings", {}).get("finished", "")))
 
     def verify(self, *, stage: str | None = None, quarantine: bool = True) -> list[tuple[str, str, str]]:
-        """Fully check every artifact (every file hashed); returns (stage, key, verdict) per artifact
-        that is not intact: ``corrupt: …`` (quarantined unless ``quarantine`` is False or a run holds
-        its lock) or ``unverified: …`` (an older manifest without file records)."""
+        """Fully check every artifact (every file hashed); returns (stage, key, verdict) per artifact:
+        ``ok``, ``corrupt: …`` (quarantined unless ``quarantine`` is False or a run holds its lock) or
+        ``unverified: …`` (an older manifest without file records: its row counts were checked)."""
         out = []
         for s in [stage] if stage is not None else self._stages():
             sdir = self._stage_dir(s)
@@ -214,8 +214,8 @@ class Store:
                 problems = (["manifest.json is missing or unreadable"] if manifest is None else
                             check_artifact(path, manifest, full=True, cache=False))
                 if not problems:
-                    if manifest is not None and is_unverified(manifest):
-                        out.append((s, path.name, "unverified: the manifest records no file sizes or hashes"))
+                    out.append((s, path.name, "unverified: the manifest records no file sizes or hashes"
+                                if manifest is not None and is_unverified(manifest) else "ok"))
                     continue
                 verdict = "corrupt: " + "; ".join(problems)
                 if quarantine:

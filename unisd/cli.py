@@ -4,7 +4,7 @@
     unisd stage ingest|evaluate|analyze|... [--preset ... | --config ...] [key=value ...]
     unisd report [--preset ... | --config ...] [key=value ...] [--out DIR]
     unisd sql "SELECT dataset, metric, value, n FROM scores" [--format table|csv|json]
-    unisd store ls [--stage S] | unisd store gc [--dry-run]
+    unisd store ls [--stage S] | unisd store gc [--dry-run] | unisd store verify [--stage S] [--dry-run]
     unisd assets install | verify | path
     unisd config show [--preset ... | --config ...] [key=value ...]
     unisd serve [--preset NAME]
@@ -19,12 +19,15 @@ import os
 import sys
 from pathlib import Path
 
+from unisd import logs
+
 # libgomp reads this once, when torch loads: a short spin before its threads sleep. With the default
 # (long) spin, a torch pool beside another CPU job spins against it; benchmarks/threads.py measured a
 # decode-shaped loop 4.7x faster busy and 0.88x idle with 10000 (AMD EPYC, AVX2, 2 cores). User's value wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 log = logging.getLogger("unisd")
+VERBOSE_HELP = "show tracebacks and debug logs on the terminal (they are always in <store>/logs/)"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +44,7 @@ def _store_root(arg: str | None) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="unisd", description="UniSD self-distillation pipeline")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_config_args(sub.add_parser("run", help="run the whole pipeline in-process (Prefect ephemeral mode)"))
     st = sub.add_parser("stage", help="run a single stage (and whatever it needs from the store)")
@@ -51,14 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write the experiment report (Markdown, HTML, PNG figures) to a folder")
     _add_config_args(rp)
     rp.add_argument("--out", help="output folder (default: ./report-<experiment name>)")
-    sq = sub.add_parser("sql", help="SQL over the DuckDB catalog of the store")
+    sq = sub.add_parser("sql", help="read-only SQL (SELECT) over the DuckDB catalog of the store")
     sq.add_argument("query")
     sq.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sq.add_argument("--store", help="store directory (default: $UNISD_STORE or ./runs)")
-    so = sub.add_parser("store", help="list or clean the artifact store")
-    so.add_argument("action", choices=["ls", "gc", "catalog"])
+    so = sub.add_parser("store", help="list, clean or verify the artifact store")
+    so.add_argument("action", choices=["ls", "gc", "catalog", "verify"])
     so.add_argument("--stage")
-    so.add_argument("--dry-run", action="store_true")
+    so.add_argument("--dry-run", action="store_true",
+                    help="gc: list what would be removed; verify: report without quarantining")
     so.add_argument("--store", help="store directory (default: $UNISD_STORE or ./runs)")
     asx = sub.add_parser("assets", help="install or check the embedded model and data")
     asx.add_argument("action", choices=["install", "verify", "path"])
@@ -67,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(cf)
     sv = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
     sv.add_argument("--preset", default="default")
+    for p in sub.choices.values():  # `unisd run --verbose` works too; SUPPRESS keeps a global -v
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return ap
 
 
@@ -77,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or (rest and not hasattr(args, "preset")):
         parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
     args.overrides = rest
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(args.verbose)
     try:
         return _dispatch(args)
     except BrokenPipeError:  # `unisd sql … | head` closed the pipe: not an error
@@ -90,26 +93,40 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; finished artifacts are kept and partial work resumes on the next run",
               file=sys.stderr)
         return 130
-    except Exception as e:  # one clear line for expected errors; -v shows the traceback
-        from engines.assets import AssetError
-        from unisd.configtools import ConfigError
+    except Exception as e:  # one line on the terminal; the traceback goes to the log file (-v: here too)
+        return _fail(e, args.verbose)
 
-        expected = (ConfigError, AssetError, FileNotFoundError, ValueError, KeyError)
-        if args.verbose or not isinstance(e, expected):
-            raise
-        print("unisd: error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+
+def _fail(e: Exception, verbose: bool) -> int:
+    """Report the error that ends the command: ``unisd: error: ...`` and where its traceback is."""
+    import traceback
+
+    from engines.assets import AssetError
+    from unisd.configtools import ConfigError
+
+    expected = isinstance(e, (ConfigError, AssetError, FileNotFoundError, ValueError, KeyError))
+    logs.record_failure(e)
+    if verbose:
+        traceback.print_exception(e, file=sys.stderr)
+    text = " ".join(str(e).split()) or type(e).__name__
+    print("unisd: error: " + (text if expected else f"{type(e).__name__}: {text}"), file=sys.stderr)
+    path = logs.log_file()
+    if path is not None:
+        print(f"unisd: full log and traceback: {path}", file=sys.stderr)
+    elif not verbose and not expected:
+        print("unisd: run with --verbose to see the traceback", file=sys.stderr)
+    return 2 if expected else 1
 
 
 def _dispatch(args) -> int:
     if args.cmd == "sql":
-        from storage.catalog import format_table, query
-
         import duckdb
+
+        from storage.catalog import SqlRefused, format_table, query
 
         try:
             table = query(_store_root(args.store), args.query)
-        except duckdb.Error as e:
+        except (duckdb.Error, SqlRefused) as e:
             print("unisd: error: " + " ".join(str(e).split()), file=sys.stderr)
             return 2
         print(format_table(table, args.format))
@@ -138,6 +155,7 @@ def _dispatch(args) -> int:
 
     if args.cmd in ("run", "stage", "report"):
         exp = load_experiment(args.preset, args.config, args.overrides)
+        logs.attach_file(exp.store_path)
     from flows import pipeline as flows
 
     if args.cmd == "serve":
@@ -150,8 +168,8 @@ def _dispatch(args) -> int:
     elif args.cmd == "report":
         out = flows.write_report(exp, Path(args.out or f"report-{exp.name}"), force=args.force)
         print(out / "report.html" if (out / "report.html").exists() else out)
-    else:
-        flows.STAGE_FLOWS[args.stage](**kwargs)
+    else:  # `unisd stage X` recomputes X (its inputs come from the store)
+        flows.STAGE_FLOWS[args.stage](**{**kwargs, "force": True})
     return 0
 
 
@@ -169,9 +187,23 @@ def _store(args) -> int:
     elif args.action == "gc":
         for p in store.gc(dry_run=args.dry_run):
             print(("would remove " if args.dry_run else "removed ") + str(p))
+    elif args.action == "verify":
+        return _verify(store, args.stage, quarantine=not args.dry_run)
     else:
         print(refresh_catalog(store.root))
     return 0
+
+
+def _verify(store, stage: str | None, *, quarantine: bool) -> int:
+    """`unisd store verify`: one line per artifact that is not intact; exit 1 if any is corrupt."""
+    results = store.verify(stage=stage, quarantine=quarantine)
+    for s, key, verdict in results:
+        if verdict != "ok":
+            print(f"{s}/{key[:16]}: {verdict}")
+    corrupt = sum(v.startswith("corrupt") for _, _, v in results)
+    print(f"{corrupt} corrupt of {len(results)} artifacts checked"
+          + (" (the next run recomputes them)" if corrupt and quarantine else ""), file=sys.stderr)
+    return 1 if corrupt else 0
 
 
 def _assets(action: str) -> int:

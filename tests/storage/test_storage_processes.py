@@ -102,3 +102,56 @@ def test_crash_before_publish_leaves_nothing_visible_then_resumes(tmp_path):
     assert art.file("model.bin").read_bytes() == b"weights"
     removed = store.gc()
     assert [p.name.split("-")[0] for p in removed] == [".tmp"] and os.listdir(sdir) == [key]
+
+
+READER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from storage import Store
+
+store, key, go = Store(sys.argv[2]), sys.argv[3], sys.argv[4]
+while not __import__("os").path.exists(go):
+    time.sleep(0.005)
+for _ in range(8):  # look up (integrity read check), read whole (full hash) and query through the catalog
+    assert store.get("evaluate", key).table("scores").num_rows == 1
+    assert store.query("select count(*) as n from scores").column("n").to_pylist() == [1]
+print("ok")
+"""
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _seed(tmp_path: Path):
+    """The artifact the workers compute, published beforehand by this process."""
+    row = {"dataset": "d", "model": "m", "method": "x", "metric": "acc", "value": 0.5, "n": 1}
+    return Store(tmp_path / "store").materialize(SPEC, {"a": 1}, {}, lambda ws: {"scores": [row]})
+
+
+def test_concurrent_readers_of_an_intact_artifact_all_succeed(tmp_path):
+    art = _seed(tmp_path)
+    script = tmp_path / "reader.py"
+    script.write_text(READER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(REPO), str(tmp_path / "store"), art.key,
+                               str(tmp_path / "go")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    (tmp_path / "go").touch()
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert [out.strip() for out, _ in results] == ["ok"] * 3
+    assert os.listdir(tmp_path / "store" / "evaluate") == [art.key]  # nothing quarantined, nothing left
+
+
+def test_two_runs_finding_one_corrupt_artifact_quarantine_once_and_compute_once(tmp_path):
+    art = _seed(tmp_path)
+    _flip_middle(art.path / "scores.parquet")
+    results = _run_together(tmp_path, ["a", "b"], "race")
+    assert [r[0] for r in results] == [0, 0], [r[2] for r in results]
+    assert [json.loads(r[1])["rows"] for r in results] == [1, 1]
+    assert len((tmp_path / "calls").read_text().splitlines()) == 1
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "store" / "evaluate").iterdir())
+    assert names == [".quarantine", art.key]
+    assert Store(tmp_path / "store").verify() == [("evaluate", art.key, "ok")]
