@@ -90,7 +90,10 @@ def _check_file(path: Path, record: dict[str, Any], *, full: bool, cache: bool) 
     if size != record.get("size"):
         return f"size is {size} bytes, the manifest records {record.get('size')}"
     if full or size <= HASH_ON_READ_MAX:
-        digest = sha256_file(path, cache=cache)
+        try:
+            digest = sha256_file(path, cache=cache)
+        except OSError as e:
+            return f"unreadable ({e.strerror or e})"
         if digest != record.get("sha256"):
             return f"sha256 is {digest[:16]}…, the manifest records {str(record.get('sha256'))[:16]}…"
     return None

@@ -227,6 +227,9 @@ class Store:
         with try_file_lock(art.path.parent / f".lock-{art.key}") as held:
             if not held:
                 return " (a run holds its lock: not quarantined)"
+            manifest = read_manifest(art.path, art.stage, art.key)  # a run may have just replaced it
+            if manifest is not None and not check_artifact(art.path, manifest, full=True, cache=False):
+                return " (since replaced by an intact artifact)"
             return f" (quarantined to {self._quarantine(art, problems)})"
 
     def _check_inputs(self, stage: str, inputs: Mapping[str, Artifact]) -> None:
