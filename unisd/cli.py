@@ -19,12 +19,15 @@ import os
 import sys
 from pathlib import Path
 
+from unisd import logs
+
 # libgomp reads this once, when torch loads: a short spin before its threads sleep. With the default
 # (long) spin, a torch pool beside another CPU job spins against it; benchmarks/threads.py measured a
 # decode-shaped loop 4.7x faster busy and 0.88x idle with 10000 (AMD EPYC, AVX2, 2 cores). User's value wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 log = logging.getLogger("unisd")
+VERBOSE_HELP = "show tracebacks and debug logs on the terminal (run/stage/report log them to <store>/logs/)"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +44,7 @@ def _store_root(arg: str | None) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="unisd", description="UniSD self-distillation pipeline")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_config_args(sub.add_parser("run", help="run the whole pipeline in-process (Prefect ephemeral mode)"))
     st = sub.add_parser("stage", help="run a single stage (and whatever it needs from the store)")
@@ -68,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(cf)
     sv = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
     sv.add_argument("--preset", default="default")
+    for p in sub.choices.values():  # `unisd run --verbose` works too; SUPPRESS keeps a global -v
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return ap
 
 
@@ -78,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or (rest and not hasattr(args, "preset")):
         parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
     args.overrides = rest
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.setup(args.verbose)
     try:
         return _dispatch(args)
     except BrokenPipeError:  # `unisd sql … | head` closed the pipe: not an error
@@ -91,15 +93,29 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; finished artifacts are kept and partial work resumes on the next run",
               file=sys.stderr)
         return 130
-    except Exception as e:  # one clear line for expected errors; -v shows the traceback
-        from engines.assets import AssetError
-        from unisd.configtools import ConfigError
+    except Exception as e:  # noqa: BLE001 - one line on the terminal, the traceback in the log file
+        return _fail(e, args.verbose)
 
-        expected = (ConfigError, AssetError, FileNotFoundError, ValueError, KeyError)
-        if args.verbose or not isinstance(e, expected):
-            raise
-        print("unisd: error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+
+def _fail(e: Exception, verbose: bool) -> int:
+    """Report the error that ends the command: ``unisd: error: ...`` and where its traceback is."""
+    import traceback
+
+    from engines.assets import AssetError
+    from unisd.configtools import ConfigError
+
+    expected = isinstance(e, (ConfigError, AssetError, FileNotFoundError, ValueError, KeyError))
+    logs.record_failure(e)
+    if verbose:
+        traceback.print_exception(e, file=sys.stderr)
+    text = " ".join(str(e).split()) or type(e).__name__
+    print("unisd: error: " + (text if expected else f"{type(e).__name__}: {text}"), file=sys.stderr)
+    path = logs.log_file()
+    if path is not None:
+        print(f"unisd: full log and traceback: {path}", file=sys.stderr)
+    elif not verbose and not expected:
+        print("unisd: run with --verbose to see the traceback", file=sys.stderr)
+    return 2 if expected else 1
 
 
 def _dispatch(args) -> int:
@@ -139,6 +155,7 @@ def _dispatch(args) -> int:
 
     if args.cmd in ("run", "stage", "report"):
         exp = load_experiment(args.preset, args.config, args.overrides)
+        logs.attach_file(exp.store_path)
     from flows import pipeline as flows
 
     if args.cmd == "serve":

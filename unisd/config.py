@@ -186,8 +186,13 @@ def preset_path(name: str) -> Path:
 
 def load_raw(path: Path, seen: tuple[str, ...] = ()) -> dict:
     """Read a YAML config, resolving ``extends:`` chains (deep merge, child wins)."""
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}, line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset "
+                          f"{e.start}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
