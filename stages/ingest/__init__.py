@@ -33,7 +33,7 @@ NAME = "ingest"
 VERSION = 2
 REPORT_FILE = "ingest_report.json"
 
-__all__ = ["NAME", "REGISTRY", "VERSION", "IngestConfig", "IngestError", "load_records", "run"]
+__all__ = ["NAME", "REGISTRY", "REPORT_FILE", "VERSION", "IngestConfig", "IngestError", "load_records", "run"]
 
 
 def run(cfg: IngestConfig, cache_dir: Path, workspace: Any = None) -> dict[str, pa.Table]:
