@@ -24,6 +24,18 @@ if [ ! -f /usr/share/wordnet/data.noun ]; then
     echo "warning: WordNet not installed (apt-get install wordnet-base wordnet-sense-index as root)"
   fi
 fi
+# Debian's bubblewrap isolates generated code (evaluate/negatives refuse to run code without it).
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null \
+      || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null) \
+      || echo "warning: could not install bubblewrap; code evaluation will refuse to start"
+  elif command -v sudo >/dev/null; then
+    sudo apt-get install -y -q bubblewrap >/dev/null || echo "warning: bubblewrap not installed"
+  else
+    echo "warning: bubblewrap not installed (apt-get install bubblewrap as root); code evaluation will refuse to start"
+  fi
+fi
 # Debian's Chromium renders the HTML report to a screenshot in its integration test (best effort, as above).
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,8 +21,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 import schemas
-from engines.generation import Generator, SamplingConfig
-from engines.sandbox import SandboxLimits
+from engines.generation import Generator, PromptTooLong, SamplingConfig
+from engines.sandbox import SandboxLimits, require_sandbox
 from stages.evaluate.scoring import score_rows
 from storage import StageSpec, Workspace
 
@@ -71,6 +72,17 @@ class EvaluateConfig:
     """Address-space limit per code test program."""
     sandbox_workers: int = 2
     """Test programs run in parallel."""
+    allow_unsandboxed: bool = False
+    """Run generated code without isolation where bubblewrap is missing or cannot create namespaces
+    (a plain subprocess with rlimits, logged as a warning). Off: code evaluation then refuses to start
+    with one line naming what to install. Only for code you trust."""
+    max_prompt_chars: int = 200_000
+    """Prompts longer than this many characters are rejected (an error naming the example) before any
+    tokenization; with on_long_prompt=truncate_left they are cut to their last max_prompt_chars
+    characters instead, then truncated to max_prompt_tokens as usual."""
+    max_completion_chars: int = 100_000
+    """Completions longer than this many characters are not scored (score 0, status ``too_long`` in the
+    detail): no extraction, no compilation, no sandbox."""
     early_stop: bool = True
     """End a completion once it holds a complete answer (closed code block, `Answer: X` line) instead of
     letting the model ramble to max_new_tokens; scores are unaffected, generation is much faster."""
@@ -79,7 +91,8 @@ class EvaluateConfig:
         unknown = set(self.max_new_tokens) - set(DEFAULT_MAX_NEW)
         if unknown:
             raise ValueError(f"max_new_tokens: unknown family {sorted(unknown)[0]!r}")
-        for name in ("batch_size", "num_samples", "chunk_size", "max_prompt_tokens", "sandbox_workers"):
+        for name in ("batch_size", "num_samples", "chunk_size", "max_prompt_tokens", "sandbox_workers",
+                     "max_prompt_chars", "max_completion_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.num_samples > 1 and self.temperature == 0:
@@ -107,7 +120,9 @@ def select(examples: pa.Table, cfg: EvaluateConfig) -> list[dict]:
 def run(cfg: EvaluateConfig, examples: pa.Table, generator: Generator, workspace: Workspace,
         model: str, method: str) -> dict[str, pa.Table]:
     """Generate, score and aggregate; resumes from chunks saved in ``workspace``."""
-    rows = select(examples, cfg)
+    rows = check_prompt_sizes(select(examples, cfg), cfg)
+    if any(r["family"] == "code" for r in rows):  # before any generation: one line if code cannot run
+        require_sandbox(cfg.allow_unsandboxed, "evaluate.allow_unsandboxed")
     done = workspace.load_progress()
     done_ids = {i for t in done for i in t.column("id").to_pylist()}
     todo = [r for r in rows if r["id"] not in done_ids]
@@ -128,6 +143,24 @@ def run(cfg: EvaluateConfig, examples: pa.Table, generator: Generator, workspace
     return {"predictions": preds, "scores": aggregate(preds, rows, model, method, cfg)}
 
 
+def check_prompt_sizes(rows: list[dict], cfg: EvaluateConfig) -> list[dict]:
+    """``rows`` with every prompt within ``max_prompt_chars``: an over-long one is an error naming its
+    example, or (on_long_prompt=truncate_left) cut to its last max_prompt_chars characters."""
+    out = []
+    for r in rows:
+        n = len(r["prompt"])
+        if n > cfg.max_prompt_chars:
+            if cfg.on_long_prompt == "error":
+                raise ValueError(f"evaluate: example {r['id']!r}: prompt of {n} characters is above "
+                                 f"evaluate.max_prompt_chars={cfg.max_prompt_chars} (raise it, or set "
+                                 "evaluate.on_long_prompt: truncate_left)")
+            log.warning("evaluate: example %r: prompt cut from %d to its last %d characters", r["id"], n,
+                        cfg.max_prompt_chars)
+            r = {**r, "prompt": r["prompt"][-cfg.max_prompt_chars:]}
+        out.append(r)
+    return out
+
+
 def _chunk(cfg: EvaluateConfig, chunk: list[dict], generator: Generator, model: str, method: str,
            progress: Callable[[int], None]) -> pa.Table:
     out: list[dict] = []
@@ -140,9 +173,16 @@ def _chunk(cfg: EvaluateConfig, chunk: list[dict], generator: Generator, model: 
         prompts = [r["prompt"] for r in rs for _ in range(cfg.num_samples)]
         owners = [(r, s) for r in rs for s in range(cfg.num_samples)]
         sampling = cfg.sampling(family)
-        gens = generator.generate(prompts, sampling, progress=progress)
+        try:
+            gens = generator.generate(prompts, sampling, progress=progress)
+        except PromptTooLong as e:  # the engine counts prompts of this batch: name the example instead
+            m = re.match(r"prompt (\d+) ", str(e))
+            if m is None or int(m[1]) >= len(owners):
+                raise
+            raise PromptTooLong(f"evaluate: example {owners[int(m[1])][0]['id']!r}: {e}") from None
         scored = score_rows([(family, g.text, r) for g, (r, _) in zip(gens, owners)], limits,
-                            workers=cfg.sandbox_workers)
+                            workers=cfg.sandbox_workers, allow_unsandboxed=cfg.allow_unsandboxed,
+                            max_completion_chars=cfg.max_completion_chars)
         for g, (r, s), (extracted, correct, score, detail) in zip(gens, owners, scored):
             out.append(dict(id=r["id"], dataset=r["dataset"], model=model, method=method, sample=s,
                             prompt_tokens=g.prompt_tokens, completion=g.text, extracted=extracted,

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 import schemas
 from engines.generation import Generator
-from engines.sandbox import SandboxLimits
+from engines.sandbox import SandboxLimits, require_sandbox
 from stages.induction.llm import GeneratorConfig, build_generator
 from stages.negatives.answers import stable_int
 from stages.negatives.corrupt import corrupt_candidates
@@ -107,6 +107,10 @@ class NegativesConfig:
     """Address-space limit per code negative run."""
     sandbox_workers: int = 2
     """Code negatives verified in parallel."""
+    allow_unsandboxed: bool = False
+    """Verify code negatives without isolation where bubblewrap is missing or cannot create namespaces
+    (a plain subprocess, logged as a warning). Off: the stage refuses to start on code items with one
+    line naming what to install."""
     seed: int = 0
     """Seeds targets (wrong letters, numbers, bug kinds), perturbations and sampling."""
 
@@ -147,7 +151,8 @@ def train_items(cfg: NegativesConfig, examples: pa.Table) -> list[dict[str, Any]
 
 
 def _verified(cfg: NegativesConfig, source: str, cands: list[Candidate], stats: Counter) -> pa.Table:
-    verdicts = verify_negatives([(c.example, c.text) for c in cands], cfg.sandbox_limits(), cfg.sandbox_workers)
+    verdicts = verify_negatives([(c.example, c.text) for c in cands], cfg.sandbox_limits(), cfg.sandbox_workers,
+                                cfg.allow_unsandboxed)
     rows = []
     for c, v in zip(cands, verdicts):
         stats[f"verified_{str(v.verified_wrong).lower()}"] += 1
@@ -203,6 +208,8 @@ def run(cfg: NegativesConfig, examples: pa.Table, generator: Generator | None = 
     """Negatives for every train item of ``examples``; the generator is built from cfg.llm when needed."""
     schemas.validate(examples, schemas.EXAMPLES)
     items = train_items(cfg, examples)
+    if any(ex["family"] == "code" for ex in items):  # before any generation: one line if code cannot run
+        require_sandbox(cfg.allow_unsandboxed, "negatives.allow_unsandboxed")
     stats: dict[str, Counter] = {s: Counter() for s in SOURCES}
     lazy: list[Generator] = [generator] if generator is not None else []
 

@@ -7,6 +7,7 @@ so "wrong" means "the scorer would mark it incorrect":
 - maths: its number differs from the gold number; no number -> null;
 - code: its program fails at least one test in the sandbox (a timeout counts as failing); the sandbox
   itself failing to run (status ``error``) -> null;
+- any family: a text too long for the scorer (status ``too_long``) -> null;
 - tool use: its steps differ from the gold steps in action names or arguments; no parsable step -> null;
 - free text: an exact (normalised) match is verified correct (false); anything else is null, since a
   paraphrase of the right answer is not wrong.
@@ -40,6 +41,8 @@ def verdict(family: str, text: str, score: RowScore) -> Verdict:
         if score.extracted is None:
             return Verdict(None, None, "no answer found")
         return Verdict(score.extracted, not score.correct, "scorer")
+    if score.detail.get("status") == "too_long":
+        return Verdict(None, None, "too long to score")
     if family == "code":
         status = score.detail.get("status", "error")
         if status == "error":
@@ -56,9 +59,10 @@ def verdict(family: str, text: str, score: RowScore) -> Verdict:
 
 
 def verify_negatives(items: list[tuple[dict[str, Any], str]], limits: SandboxLimits,
-                     workers: int) -> list[Verdict]:
-    """A `Verdict` per (example, negative text), code run ``workers`` programs at a time."""
+                     workers: int, allow_unsandboxed: bool = False) -> list[Verdict]:
+    """A `Verdict` per (example, negative text), code run ``workers`` programs at a time (see
+    `engines.sandbox` for ``allow_unsandboxed``)."""
     if not items:
         return []
-    scores = score_rows([(ex["family"], text, ex) for ex, text in items], limits, workers)
+    scores = score_rows([(ex["family"], text, ex) for ex, text in items], limits, workers, allow_unsandboxed)
     return [verdict(ex["family"], text, s) for (ex, text), s in zip(items, scores)]

@@ -298,3 +298,79 @@ def test_score_row_single_and_unknown_family():
     assert (extracted, correct, score) == ("3/4", True, 1.0)
     with pytest.raises(ValueError, match="unknown task family"):
         score_row("essay", "x", _example())
+
+
+# --- bounded evaluator and the sandbox requirement at the stage level ------------------------------
+
+class _NoGeneration:
+    """A Generator that must never be reached: the stage has to refuse before generating."""
+
+    def generate(self, prompts, sampling, progress=None):
+        raise AssertionError("generation started")
+
+
+def _stage_examples(prompt: str = "Write f returning 1", family: str = "code"):
+    import schemas
+
+    row = _example(id="code/0", dataset="code", family=family, prompt=prompt, answer="f",
+                   tests="assert f() == 1\n", meta="{}")
+    return schemas.conform([row], schemas.EXAMPLES)
+
+
+def test_over_long_prompt_is_an_error_naming_the_example_before_tokenization(tmp_path):
+    from stages.evaluate import EvaluateConfig, check_prompt_sizes, run
+    from storage import Workspace
+
+    cfg = EvaluateConfig(max_prompt_chars=1000)
+    with pytest.raises(ValueError, match=r"example 'code/0': prompt of 10000000 characters .*max_prompt_chars=1000"):
+        run(cfg, _stage_examples("x" * 10_000_000), _NoGeneration(), Workspace.create(tmp_path / "ws"), "m", "b")
+    cut = check_prompt_sizes([{"id": "a", "prompt": "y" * 50 + "tail"}],
+                             EvaluateConfig(max_prompt_chars=10, on_long_prompt="truncate_left"))
+    assert cut == [{"id": "a", "prompt": "yyyyyytail"}]
+    with pytest.raises(ValueError, match="max_completion_chars"):
+        EvaluateConfig(max_completion_chars=0)
+
+
+def test_code_evaluation_refuses_to_start_without_the_sandbox(tmp_path, monkeypatch):
+    import engines.sandbox as sb
+    from engines.sandbox import SandboxUnavailable
+    from stages.evaluate import EvaluateConfig, run
+    from storage import Workspace
+
+    monkeypatch.setattr(sb, "_bwrap_runtime", lambda: "bubblewrap (bwrap) is not installed")
+    with pytest.raises(SandboxUnavailable, match=r"apt-get install bubblewrap.*evaluate\.allow_unsandboxed"):
+        run(EvaluateConfig(), _stage_examples(), _NoGeneration(), Workspace.create(tmp_path / "ws"), "m", "b")
+    # non-code families never need the sandbox
+    mc = _stage_examples(family="mcqa")
+    run(EvaluateConfig(), mc, _Scripted("Answer: A"), Workspace.create(tmp_path / "ws2"), "m", "b")
+    # the documented opt-in: the unconfined runner still scores code
+    out = run(EvaluateConfig(allow_unsandboxed=True), _stage_examples(),
+              _Scripted("```python\ndef f():\n    return 1\n```"), Workspace.create(tmp_path / "ws3"), "m", "b")
+    assert out["predictions"].column("correct").to_pylist() == [True]
+
+
+def test_negatives_refuse_code_items_without_the_sandbox(monkeypatch):
+    import engines.sandbox as sb
+    import schemas
+    from engines.sandbox import SandboxUnavailable
+    from stages.negatives import NegativesConfig, run
+
+    monkeypatch.setattr(sb, "_bwrap_runtime", lambda: "bubblewrap (bwrap) is not installed")
+    row = _example(id="code/1", dataset="code", split="train", family="code", prompt="Write f", answer="f",
+                   reference="def f():\n    return 1\n", tests="assert f() == 1\n", meta='{"entry_point": "f"}')
+    with pytest.raises(SandboxUnavailable, match=r"negatives\.allow_unsandboxed"):
+        run(NegativesConfig(), schemas.conform([row], schemas.EXAMPLES), _NoGeneration())
+
+
+class _Scripted:
+    def __init__(self, text: str):
+        from engines.generation import PromptStats
+
+        self.text, self.stats = text, PromptStats()
+
+    def generate(self, prompts, sampling, progress=None):
+        from engines.generation import Completion
+
+        if progress:
+            progress(len(prompts))
+        return [Completion(self.text, [1], 1, True, 0.0) for _ in prompts]
