@@ -12,7 +12,8 @@ All positions are teacher-forced under the chat-templated prompt the evaluation 
 re-tokenised from their text (plus EOS unless they hit the length limit). Under LoRA one model is
 loaded and the base model is the same weights with the adapter disabled; a full fine-tune loads the
 base model beside the merged checkpoint. The base run itself scores ppl_fit and its own completions
-(jsd = 0). Decoder passes run in length groups, in bfloat16 where the device has native bf16 (hidden
+(jsd = 0). Each model runs a prompt once for both of its continuations (`shared.py`: KV cache, cropped
+between them). Decoder passes run in length groups, in bfloat16 where the device has native bf16 (hidden
 states return to float32 before the LM head); log-probs and divergences are float32 and chunked, so
 no (rows × T × V) logits are held.
 """
@@ -35,14 +36,14 @@ from engines.generation import chat_ids
 from engines.models import ModelConfig, load_model, resolve_dtype
 from objectives import chunked_gather_logps, chunked_token_divergence
 from objectives.retention import masked_row_mean
-from stages.train.data import pack, pad_completions
-from stages.train.step import scoring_hidden
+from stages.analyze.shared import shared_prompt_hidden
+from stages.train.data import pad_completions
 from stages.train.teachers import head_weight
 from storage import StageSpec
 
 log = logging.getLogger(__name__)
 
-SPEC = StageSpec(name="analyze", version=1,
+SPEC = StageSpec(name="analyze", version=2,  # 2: one prompt pass per model (shared_prompt_hidden)
                  inputs={"examples": schemas.EXAMPLES, "predictions": schemas.PREDICTIONS},
                  outputs={"retention": schemas.RETENTION})
 
@@ -175,25 +176,25 @@ def _score_batch(cfg: AnalyzeConfig, models: _Models, items: list[dict], preds: 
             ids, cut = ids[-cfg.max_prompt_tokens:], cut + 1
         prompts.append(ids)
 
-    def hidden_and_tokens(model, seqs: list[list[int]]):
+    def selected(hidden: torch.Tensor, seqs: list[list[int]]):
         tokens, lengths = pad_completions(seqs, pad)
-        mask = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-        packed = pack(prompts, tokens, lengths, pad).to(device)
-        hidden = scoring_hidden(model, packed, tokens.shape[1], bf16, cfg.batch_tokens)
-        mask, tokens = mask.to(device), tokens.to(device)
-        return hidden[mask], tokens[mask], mask
+        mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).to(device)
+        return hidden[mask], tokens.to(device)[mask], mask
 
     adapted = models.adapted
     gold = _encode(cfg, tok, [it["reference"] for it in items], [True] * len(items))
-    h, t, m = hidden_and_tokens(adapted, gold)
-    fit = masked_row_mean(chunked_gather_logps(h, head_weight(adapted), t, chunk_size=cfg.chunk_size), m)
     own = _encode(cfg, tok, [p["completion"] for p in preds], [not p["truncated"] for p in preds])
-    h_own, t, m = hidden_and_tokens(adapted, own)
+    # one prompt pass per model serves both continuations (the prompt is usually the longer part)
+    h_gold, h_own = shared_prompt_hidden(adapted, prompts, [gold, own], pad, bf16=bf16, budget=cfg.batch_tokens)
+    h, t, m = selected(h_gold, gold)
+    fit = masked_row_mean(chunked_gather_logps(h, head_weight(adapted), t, chunk_size=cfg.chunk_size), m)
+    h_own, t, m = selected(h_own, own)
     w_own = head_weight(adapted)
     if scored_run:
         with models.base_view():
             base = models.base_model()
-            h_base, _, _ = hidden_and_tokens(base, own)
+            (h_base,) = shared_prompt_hidden(base, prompts, [own], pad, bf16=bf16, budget=cfg.batch_tokens)
+            h_base = selected(h_base, own)[0]
             w_base = head_weight(base)
     else:  # the base run: its own completions under itself
         h_base, w_base = h_own, w_own
