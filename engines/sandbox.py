@@ -5,13 +5,19 @@ the command). Each run gets its own user, mount, PID, network, IPC, UTS and cgro
 uid/gid 65534 with no capabilities and no way to create further user namespaces, in a new session, and
 dies with the evaluator (``--die-with-parent``; the PID namespace ends every process of the run when its
 first process exits). Its filesystem holds only read-only binds of the interpreter's prefix (without
-its site-packages) and the system libraries, a private ``/proc`` showing only the run's processes, a
-minimal ``/dev``, and private tmpfs mounts of ``SandboxLimits.disk_mb`` each for ``/tmp``, ``/var/tmp``,
-``/dev/shm`` and the work dir ``/sandbox``; the root itself is read-only. The network namespace has
-only a down loopback. rlimits bound each process (CPU, address space, file size, open files, processes
-- counted inside the run's own user namespace, so concurrent runs never share a budget - and no core
-files), a watchdog caps the CPU time of the run's processes together, and the evaluator kills the run
-at ``timeout_s``. The program's stdout/stderr go to unlinked files read back truncated.
+its site-packages) and the system libraries, a read-only private ``/proc`` showing only the run's
+processes, a minimal read-only ``/dev`` without host device nodes, and private tmpfs mounts of
+``SandboxLimits.disk_mb`` each for ``/tmp``, ``/var/tmp``, ``/dev/shm`` and the work dir ``/sandbox``;
+the root itself is read-only. The network namespace has only a down loopback. rlimits bound each
+process (CPU, address space, file size, open files, processes - counted inside the run's own user
+namespace, so concurrent runs never share a budget - and no core files), a watchdog caps the CPU time
+of the run's processes together, and the evaluator kills the run at ``timeout_s``. The program's
+stdout/stderr go to unlinked files read back truncated.
+
+Inside uid 65534 is, on the host, the uid bwrap runs as: as root, bwrap is started as uid 65534 when
+that uid can reach the interpreter; otherwise (an interpreter under ``/root``) as the caller, which is
+why everything the run sees is mounted read-only or is its own tmpfs, and no host device node is bound
+(the run would own root's files). `sandbox_protections` reports which (``host_uid``).
 
 Verdicts (`engines.sandbox_harness`). A `CodeTask` is a candidate module plus tests: the candidate
 runs in a worker process, the tests in a separate checker process that receives the candidate's return
@@ -20,11 +26,11 @@ the program see the tests or the trusted setup, and writes the verdict to a pipe
 end of. A plain string is a *script*: it passes if it runs to its end and exits 0, which a program can
 fake; script mode proves nothing about a hostile program and scoring never uses it.
 
-What this does not protect against: kernel bugs (there is no seccomp filter); exhausting host memory
-beyond the per-process address-space limit times the process limit plus the tmpfs caps; CPU contention
+What this does not protect against: kernel bugs (there is no seccomp filter); host memory used up to
+the per-process address-space limit times the process limit plus the four tmpfs caps; CPU contention
 between concurrent runs until the limits fire; reading files under the bound interpreter and library
-directories (world-readable system files; inside, uid 65534 is mapped to the caller's uid, so files in
-those directories that only the caller may read are readable too). Test semantics are Python's own on
+directories (system files; when bwrap runs as the caller, also those only the caller may read there)
+and system-wide ``/proc`` information (load, memory, kernel settings). Test semantics are Python's own on
 the rebuilt values (``1 == True`` and ``1 == 1.0`` hold, as in the reference harnesses); candidate
 functions taking or returning other objects (classes, generators, callables) cannot be checked and fail.
 
@@ -57,7 +63,19 @@ from engines import sandbox_runtime as rt
 
 log = logging.getLogger(__name__)
 
-HARNESS = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf-8")
+_CODEC_IMPORT = "from engines.sandbox_codec import Gone, Rejected, decode, encode, receive, send"
+
+
+def _harness_source() -> str:
+    """The harness as one ``-c`` program: the codec's source in place of the harness's import of it."""
+    here = Path(__file__).parent
+    harness = (here / "sandbox_harness.py").read_text(encoding="utf-8")
+    codec = (here / "sandbox_codec.py").read_text(encoding="utf-8")
+    line = next(ln for ln in harness.splitlines() if ln.startswith(_CODEC_IMPORT))
+    return harness.replace(line, codec, 1)
+
+
+HARNESS = _harness_source()
 _MAX_MESSAGE = 8 << 20
 _MAX_REPORT = 64 << 10
 _STATUSES = ("passed", "failed", "timeout", "error")

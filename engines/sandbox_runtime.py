@@ -1,13 +1,14 @@
-"""How a sandboxed program is started: the bubblewrap command line, or the opted-in unconfined one.
+"""How a sandboxed program is started: the bubblewrap command line and the interpreter it runs.
 
 `bwrap_argv` builds the bubblewrap invocation (see `engines.sandbox` for what it guarantees): every
 namespace unshared (a user namespace per run, mapping only uid/gid 65534), nested user namespaces
 disabled, all capabilities dropped, a new session, ``--die-with-parent``; the filesystem is an empty
 read-only root holding read-only binds of the interpreter's own prefix (its site-packages hidden under
-empty read-only tmpfs mounts), the system library directories and ``/etc/ld.so.cache``, a private
-``/proc`` and ``/dev``, and size-capped private tmpfs mounts for ``/tmp``, ``/var/tmp``, ``/dev/shm``
-and the work dir. Nothing else of the host (``/root``, ``/home``, ``/etc``, the project, the store, the
-virtualenv, Prefect's database) exists inside.
+empty read-only tmpfs mounts), the system library directories and ``/etc/ld.so.cache``, a read-only
+private ``/proc``, a minimal read-only ``/dev`` (no host device node; ``null`` is an empty read-only
+file), and size-capped private tmpfs mounts for ``/tmp``, ``/var/tmp``, ``/dev/shm`` and the work dir.
+Nothing else of the host (``/home``, ``/etc``, the project, the store, the virtualenv, Prefect's
+database, anything of ``/root`` but a bound interpreter prefix under it) exists inside.
 
 The interpreter is the evaluator's own: the real binary behind ``sys.executable`` (a virtualenv's
 ``python`` is a link to it), run with ``-I -S`` so neither the virtualenv nor any site-packages is

@@ -302,3 +302,31 @@ def test_limits_are_validated():
         SandboxLimits(timeout_s=0)
     with pytest.raises(ValueError, match="max_processes"):
         SandboxLimits(max_processes=-1)
+
+
+def test_codec_rebuilds_exact_builtin_values_and_refuses_anything_else():
+    import json as _json
+    import math
+
+    from engines.sandbox_codec import Rejected, decode, encode
+
+    values = [None, True, False, 0, -7, 1 << 200, 0.1, -0.0, float("inf"), 2 + 3j, "é\ud800", b"\x00\xff",
+              [1, [2.5, "x"]], (1, (2,)), {1: "a", (2, 3): [4]}, {1, 2}, frozenset({"a"})]
+    for v in values:
+        back = decode(_json.loads(_json.dumps(encode(v))))
+        assert back == v and type(back) is type(v)
+    nan = decode(encode(float("nan")))
+    assert type(nan) is float and math.isnan(nan)
+    assert type(decode(encode(True))) is bool and type(decode(encode(1))) is int
+
+    class Sneaky(int):
+        def __eq__(self, other):
+            return True
+
+    for bad in (Sneaky(1), [Sneaky(1)], object(), (x for x in ()), print):
+        with pytest.raises(TypeError):
+            encode(bad)
+    for node in (["i", 5], ["b", 1], ["s"], ["d", [[["s", "k"]]]], ["x", 1], "s", [], ["S", [["l", []]]],
+                 ["f", "not-hex"]):
+        with pytest.raises(Rejected):
+            decode(node)
