@@ -30,7 +30,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,6 +43,7 @@ from schemas import SchemaError
 
 from . import catalog
 from .artifact import FILES, MANIFEST, Artifact, Workspace, fsync_path, read_manifest, schema_record
+from .attempts import AttemptClock
 from .integrity import CorruptArtifact, check_artifact, file_records, is_unverified
 from .keys import KEY_RE, NAME_RE, StageSpec, artifact_key, canonical_json
 from .locking import file_lock, try_file_lock
@@ -277,13 +277,17 @@ class Store:
         resumed = partial.exists()
         ws = Workspace.create(partial)
         log.info("stage %s: computing %s%s", spec.name, key[:12], " (resuming)" if resumed else "")
-        started, t0 = _now(), time.perf_counter()
-        tables = _conform_outputs(spec, compute(ws))
-        seconds = round(time.perf_counter() - t0, 3)
+        started, clock = _now(), AttemptClock(partial)
+        try:
+            tables = _conform_outputs(spec, compute(ws))
+        except BaseException:
+            clock.stop()  # this attempt's time stays in the partial dir for the one that finishes
+            raise
+        timing = clock.finish()
         meta |= {
             "rows": {name: t.num_rows for name, t in tables.items()},
             "outputs": {name: schema_record(ts) for name, ts in spec.outputs.items()},
-            "timings": {"started": started, "finished": _now(), "seconds": seconds},
+            "timings": {"started": started, "finished": _now(), **timing},
             "package_version": _package_version(), "host": socket.gethostname(),
             "python": platform.python_version(), "git_sha": _git_sha(),
         }

@@ -39,7 +39,8 @@ def test_materialize_writes_layout_and_manifest(store, spec, counting):
     assert (m["stage"], m["version"], m["key"]) == ("evaluate", 1, art.key)
     assert m["config"] == {"num_samples": 2} and m["inputs"] == {"examples": examples.key}
     assert m["rows"] == {"scores": 2} and m["extra"] == {"model_revision": "abc"}
-    assert set(m["timings"]) == {"started", "finished", "seconds"} and m["timings"]["seconds"] >= 0
+    assert set(m["timings"]) == {"started", "finished", "seconds", "last_attempt_seconds", "attempts", "peak_rss_mb",
+                                 "peak_rss_scope"} and m["timings"]["seconds"] >= 0 and m["timings"]["attempts"] == 1
     assert m["package_version"] and m["host"] and m["python"]
     assert art.table("scores").equals(counting().table)
     assert art.file("checkpoint/w.bin").read_bytes() == b"\x00\x01"
