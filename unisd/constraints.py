@@ -97,7 +97,7 @@ def rules() -> Mapping[type, Mapping[str, Bound]]:
         ExperimentConfig: {"seed": SEED, "seeds": SEED, "threads": COUNT},
         IngestConfig: {"limit": COUNT, "test_fraction": FRACTION, "seed": SEED, "num_math_items": COUNT},
         EvaluateConfig: {**GENERATION, **SANDBOX, "limit": COUNT, "num_samples": COUNT, "seed": SEED,
-                         "chunk_size": COUNT},
+                         "chunk_size": COUNT, "max_prompt_chars": COUNT, "max_completion_chars": COUNT},
         train.TrainConfig: {"steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "lr": POSITIVE,
                             "warmup_ratio": BELOW_ONE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
                             "seed": SEED, "score_batch_tokens": COUNT, "checkpoint_every": COUNT,
