@@ -119,7 +119,10 @@ class Artifact:
         manifest (CorruptArtifact), and validate it against its schema (SchemaError on mismatch)."""
         ts = self.schema(name)
         path = self.path / f"{name}.parquet"
-        if (problem := check_table(self.path, self.manifest, name, full=True)) is not None:
+        problem = check_table(self.path, self.manifest, name, full=True)
+        if problem is not None and (current := self.republished()) is not None:
+            problem = check_table(self.path, current, name, full=True)
+        if problem is not None:
             raise CorruptArtifact(f"artifact {self.stage}/{self.key[:12]} is corrupt: {problem}; "
                                   "rerun to quarantine and recompute it")
         try:
@@ -131,6 +134,12 @@ class Artifact:
         table = table.replace_schema_metadata(None)
         schemas.validate(table, ts)
         return table
+
+    def republished(self) -> dict | None:
+        """The manifest on disk if the artifact was published again under this key (a forced recompute)
+        since this object was made, else None."""
+        current = read_manifest(self.path, self.stage, self.key)
+        return current if current is not None and current != self.manifest else None
 
     def file(self, rel: str) -> Path:
         """Path of an extra file or directory saved under ``files/`` (FileNotFoundError if absent)."""

@@ -236,8 +236,9 @@ class Store:
         """Raise CorruptArtifact if an input no longer matches its manifest, quarantining it first."""
         for name, art in sorted(inputs.items()):
             problems = check_artifact(art.path, art.manifest)
-            if not problems:
-                continue
+            if not problems or ((current := art.republished()) is not None
+                                and not check_artifact(art.path, current)):
+                continue  # intact, or published again (intact) under its key since `art` was made
             if art.path == self._stage_dir(art.stage) / art.key:
                 with try_file_lock(art.path.parent / f".lock-{art.key}") as held:
                     if held:

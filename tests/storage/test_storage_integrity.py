@@ -243,3 +243,15 @@ def test_publish_records_every_file(store):
     for rel, rec in files.items():
         assert rec["size"] == (art.path / rel).stat().st_size and len(rec["sha256"]) == 64
     assert pq.read_metadata(art.path / "rollouts.parquet").num_rows == art.manifest["rows"]["rollouts"]
+
+
+def test_an_artifact_republished_by_force_is_not_mistaken_for_corruption(store):
+    st = Stages(store)
+    old = st.run("ingest")
+    spec = st.spec("ingest")
+    new = store.materialize(spec, {"stage": "ingest"}, {}, lambda ws: {"examples": sample_table(schemas.EXAMPLES, 5)},
+                            force=True)
+    assert new.key == old.key and new.manifest["files"] != old.manifest["files"]
+    assert old.table("examples").num_rows == 5  # the key's current content, checked against its manifest
+    st.run("evaluate", inputs={"examples": old})  # an input object made before the republish
+    assert st.calls["evaluate"] == 1 and not quarantined(store, "ingest")
