@@ -211,6 +211,8 @@ class Store:
             sdir = self._stage_dir(s)
             for path in sorted(p for p in sdir.iterdir() if KEY_RE.match(p.name)) if sdir.is_dir() else []:
                 manifest = read_manifest(path, s, path.name)
+                if manifest is None and not path.exists():
+                    continue  # removed (gc, or replaced by a run) since it was listed
                 problems = (["manifest.json is missing or unreadable"] if manifest is None else
                             check_artifact(path, manifest, full=True, cache=False))
                 if not problems:
@@ -228,6 +230,8 @@ class Store:
             if not held:
                 return " (a run holds its lock: not quarantined)"
             manifest = read_manifest(art.path, art.stage, art.key)  # a run may have just replaced it
+            if not art.path.is_dir():
+                return " (since removed)"
             if manifest is not None and not check_artifact(art.path, manifest, full=True, cache=False):
                 return " (since replaced by an intact artifact)"
             return f" (quarantined to {self._quarantine(art, problems)})"
