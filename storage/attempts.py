@@ -1,4 +1,5 @@
-"""Wall time and peak memory of a stage over all its attempts, for the manifest's `timings`.
+"""Wall time and peak memory of a stage over all its attempts, for the manifest's `timings` (and the
+train loop's per-run peak).
 
 A long stage that is killed and resumed finishes in its last attempt, but the work it reports was
 done across all of them. While a stage computes, a daemon thread records the attempt's elapsed seconds
@@ -25,7 +26,8 @@ ATTEMPTS = ".attempts.json"
 _HWM = re.compile(r"^VmHWM:\s+(\d+)\s+kB", re.MULTILINE)
 
 
-def _reset_rss_peak() -> bool:
+def reset_rss_peak() -> bool:
+    """Start a new resident-set high-water-mark window (Linux); False where unsupported."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -34,7 +36,8 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def _rss_peak_mb() -> float:
+def rss_peak_mb() -> float:
+    """RSS high-water mark since the last reset (MiB); the process-lifetime maximum where none exists."""
     try:
         with open("/proc/self/status") as f:
             m = _HWM.search(f.read())
@@ -55,7 +58,7 @@ class AttemptClock:
             self.previous = [float(s) for s in json.loads(self.path.read_text())]
         except (OSError, ValueError, TypeError):
             self.previous = []
-        self.scoped = _reset_rss_peak()
+        self.scoped = reset_rss_peak()
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -86,5 +89,5 @@ class AttemptClock:
         self._thread.join()
         last = round(time.perf_counter() - self.t0, 3)
         return {"seconds": round(sum(self.previous) + last, 3), "last_attempt_seconds": last,
-                "attempts": len(self.previous) + 1, "peak_rss_mb": round(_rss_peak_mb(), 1),
+                "attempts": len(self.previous) + 1, "peak_rss_mb": round(rss_peak_mb(), 1),
                 "peak_rss_scope": "stage" if self.scoped else "process"}

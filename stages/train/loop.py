@@ -21,7 +21,6 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from engines.memory import peak_memory_mb, reset_peak_memory
 from engines.models import ModelConfig, load_model, pick_device, resolve_dtype, resolve_path
 from stages.train import checkpoint as ckpt
 from stages.train.batches import BatchContext, completion_ids, generate, micro_batches
@@ -30,6 +29,7 @@ from stages.train.data import PromptEncoder, TrainItem, attach_views, select_exa
 from stages.train.step import Normalizers, agreement_weights, loss_terms, score
 from stages.train.teachers import Teachers, head_weight
 from storage import Workspace
+from storage.attempts import reset_rss_peak, rss_peak_mb
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,20 @@ def _reduce(acc, metrics: dict[str, float], loss: float) -> tuple[dict[str, floa
            for k, v in zip(keys, summed)}
     out["train/tokens/completion"] = metrics["train/tokens/completion"]  # already a global count
     return out, summed[-1]
+
+
+def reset_peak_memory() -> None:
+    """Start this run's peak-memory window: CUDA peak statistics, else the RSS high-water mark."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    reset_rss_peak()
+
+
+def peak_memory_mb() -> float:
+    """Peak memory since `reset_peak_memory`: CUDA max allocated on GPU, else the RSS high-water mark."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return rss_peak_mb()
 
 
 def _samples(run: Run, step: int, items: list[TrainItem], completions) -> list[dict]:

@@ -78,3 +78,19 @@ def test_each_stage_reports_its_own_peak_memory(tmp_path):
     assert first["peak_rss_scope"] == second["peak_rss_scope"] == "stage"
     assert second["peak_rss_mb"] < first["peak_rss_mb"] - 250  # not inherited from the stage before
     assert json.dumps(first)  # plain JSON in the manifest
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc/self/clear_refs")
+def test_reset_starts_a_new_rss_peak_window():
+    from storage.attempts import reset_rss_peak, rss_peak_mb
+
+    assert reset_rss_peak()
+    before = rss_peak_mb()
+    hog = bytearray(300 * 2**20)
+    hog[::4096] = b"x" * len(hog[::4096])
+    high = rss_peak_mb()
+    assert high >= before + 250
+    del hog
+    assert rss_peak_mb() >= high - 1  # without a reset the peak stays (what ru_maxrss reports forever)
+    assert reset_rss_peak()
+    assert rss_peak_mb() < high - 250
