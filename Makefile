@@ -26,6 +26,7 @@ bench: setup  ## performance benchmarks (each prints ratios against a baseline m
 	$(PY) benchmarks/divergence_memory.py
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/threads.py
 
 bench-trl: setup  ## the gkd preset vs TRL's GKDTrainer (TRL goes into .venv-trl, not into the project)
 	test -x .venv-trl/bin/python || (python3 -m venv .venv-trl && .venv-trl/bin/pip install -q torch==2.13.0 \
