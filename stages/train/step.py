@@ -105,6 +105,23 @@ def decoder_of(model: nn.Module) -> nn.Module:
     return base.get_decoder()
 
 
+def group_by_length(prompt: list[int], completion: list[int], budget: int) -> list[list[int]]:
+    """Row indices sorted by prompt + completion length, cut so rows × (widest prompt + longest
+    completion, at least 1) stays within `budget` padded tokens per group."""
+    order = sorted(range(len(prompt)), key=lambda r: (prompt[r] + completion[r], r))
+    groups, current, w, t = [], [], 0, 0
+    for r in order:
+        w_new, t_new = max(w, prompt[r]), max(t, completion[r], 1)
+        if current and (len(current) + 1) * (w_new + t_new) > budget:
+            groups.append(current)
+            current, w_new, t_new = [], prompt[r], max(completion[r], 1)
+        current.append(r)
+        w, t = w_new, t_new
+    if current:
+        groups.append(current)
+    return groups
+
+
 def length_groups(packed: Packed, budget: int) -> list[tuple[Tensor, int, int]]:
     """Rows of `packed` sorted by real length and cut into groups of at most `budget` padded tokens.
 
@@ -113,20 +130,10 @@ def length_groups(packed: Packed, budget: int) -> list[tuple[Tensor, int, int]]:
     lengths instead of up to the longest row of the whole pass.
     """
     width = packed.width
-    prompt = packed.attn[:, :width].sum(-1)
-    completion = packed.attn[:, width:].sum(-1)
-    order = torch.argsort(prompt + completion, stable=True).tolist()
-    groups, current, w, t = [], [], 0, 0
-    for r in order:
-        w_new, t_new = max(w, int(prompt[r])), max(t, int(completion[r]), 1)
-        if current and (len(current) + 1) * (w_new + t_new) > budget:
-            groups.append((torch.tensor(current), w, t))
-            current, w_new, t_new = [], int(prompt[r]), max(int(completion[r]), 1)
-        current.append(r)
-        w, t = w_new, t_new
-    if current:
-        groups.append((torch.tensor(current), w, t))
-    return groups
+    prompt = packed.attn[:, :width].sum(-1).tolist()
+    completion = packed.attn[:, width:].sum(-1).tolist()
+    return [(torch.tensor(rows), max(prompt[r] for r in rows), max(1, max(completion[r] for r in rows)))
+            for rows in group_by_length(prompt, completion, budget)]
 
 
 def scoring_hidden(model: nn.Module, packed: Packed, steps: int, bf16: bool, budget: int) -> Tensor:
