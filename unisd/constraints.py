@@ -95,7 +95,8 @@ def rules() -> Mapping[type, Mapping[str, Bound]]:
 
     return {
         ExperimentConfig: {"seed": SEED, "seeds": SEED, "threads": COUNT},
-        IngestConfig: {"limit": COUNT, "test_fraction": FRACTION, "seed": SEED, "num_math_items": COUNT},
+        IngestConfig: {"limit": COUNT, "test_fraction": FRACTION, "validation_fraction": FRACTION,
+                       "seed": SEED, "num_math_items": COUNT},
         EvaluateConfig: {**GENERATION, **SANDBOX, "limit": COUNT, "num_samples": COUNT, "seed": SEED,
                          "chunk_size": COUNT, "max_prompt_chars": COUNT, "max_completion_chars": COUNT},
         train.TrainConfig: {"steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "lr": POSITIVE,

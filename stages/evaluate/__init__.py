@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SPEC = StageSpec(name="evaluate", version=1, inputs={"examples": schemas.EXAMPLES},
                  outputs={"predictions": schemas.PREDICTIONS, "scores": schemas.SCORES})
 
+SPLITS = ("train", "validation", "test")
 DEFAULT_MAX_NEW = {"mcqa": 256, "math": 256, "code": 384, "tool": 256, "free": 256}
 STOP_PATTERNS = {
     "code": r"```[^\n]*\n[\s\S]*?\n\s*```",  # a closed fenced code block
@@ -42,7 +43,8 @@ STOP_PATTERNS = {
 @dataclass(frozen=True)
 class EvaluateConfig:
     split: str = "test"
-    """Which split of `examples` to evaluate."""
+    """Which split of `examples` to evaluate: test (the final table, read once), validation (choosing
+    hyperparameters and checkpoints) or train. The scores table records it in its `split` column."""
     limit: int | None = None
     """Evaluate at most this many examples per dataset (first by id order); None = all."""
     batch_size: int = 16
@@ -88,6 +90,8 @@ class EvaluateConfig:
     letting the model ramble to max_new_tokens; scores are unaffected, generation is much faster."""
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         unknown = set(self.max_new_tokens) - set(DEFAULT_MAX_NEW)
         if unknown:
             raise ValueError(f"max_new_tokens: unknown family {sorted(unknown)[0]!r}")

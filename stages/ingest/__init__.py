@@ -3,7 +3,8 @@
 One adapter per dataset turns records in the source's own schema (bundled package data, a hub dataset,
 or a local file in the hub schema or in any layout with a column mapping) into examples: the student
 prompt, the reference the teacher sees, the canonical answer, tests for code and tool use. The stage
-then fixes the splits (a dataset's own train/validation/test, or a seeded hash split), removes anything
+then fixes the splits (a dataset's own train/validation/test, or a seeded hash split into
+train/validation/test), removes anything
 that would leak a held-out item into training, and applies the per-split limit. Ids are stable:
 ``<dataset>/<native id>`` or ``<dataset>/<hash of the prompt>``, and unique: a repeated id stops the
 stage naming both rows unless ``on_duplicate: keep_first`` is set. Nothing is dropped silently: every
@@ -30,7 +31,7 @@ from stages.ingest.splits import assign_pool, cap, dedupe_ids, drop_leaks
 log = logging.getLogger(__name__)
 
 NAME = "ingest"
-VERSION = 2
+VERSION = 3  # 3: single-split sources also get a validation split (validation_fraction)
 REPORT_FILE = "ingest_report.json"
 
 __all__ = ["NAME", "REGISTRY", "REPORT_FILE", "VERSION", "IngestConfig", "IngestError", "load_records", "run"]
@@ -44,7 +45,7 @@ def run(cfg: IngestConfig, cache_dir: Path, workspace: Any = None) -> dict[str, 
     adapter = REGISTRY[cfg.dataset]
     records, where = load_records(cfg, Path(cache_dir))
     rows, skipped = _build_rows(cfg, adapter, records, where)
-    assign_pool(rows, cfg.test_fraction, cfg.seed)
+    assign_pool(rows, cfg.test_fraction, cfg.seed, cfg.validation_fraction)
     rows, duplicates, duplicate_ids = dedupe_ids(rows, cfg.on_duplicate)
     rows, leaks = drop_leaks(rows)
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in cap(rows, cfg.limit, cfg.seed)]

@@ -46,8 +46,8 @@ class IngestConfig:
     (fields: id, split, prompt, context, options, answer, reference, rationale, tests, meta).
     `options` may name one list column or several comma-separated columns ("opa,opb,opc,opd")."""
     splits: tuple[tuple[str, str], ...] | dict[str, str] = ()
-    """Native split -> train, validation, test, pool (re-split by hash with test_fraction) or skip.
-    Merged over the dataset's defaults (e.g. medmcqa and cos_e evaluate on their validation split)."""
+    """Native split -> train, validation, test, pool (re-split by hash with test_fraction and
+    validation_fraction) or skip. Merged over the dataset's defaults (e.g. medmcqa and cos_e evaluate on their validation split)."""
     limit: int | None = None
     """Keep at most this many examples per split, after a seeded shuffle."""
     on_duplicate: Literal["error", "keep_first"] = "error"
@@ -57,6 +57,11 @@ class IngestConfig:
     `files/ingest_report.json`."""
     test_fraction: float = 0.5
     """For single-split sources: fraction of items held out as test, chosen by hashing (seed, id)."""
+    validation_fraction: float = 0.2
+    """For single-split sources: fraction of the non-test items held out as validation (by the same hash),
+    the split hyperparameters and checkpoints are chosen on; the rest is train. With test_fraction 0.5
+    and 0.2 here a pool splits 40 / 10 / 50 % train / validation / test. Changing it never moves an item
+    into or out of test. Sources with their own splits keep them (map one with `splits`)."""
     seed: int = 0
     """Seeds the hash split, the shuffle before `limit`, GPQA's option order and reasoning-gym."""
     math_tasks: tuple[str, ...] = DEFAULT_MATH_TASKS
@@ -110,8 +115,9 @@ class IngestConfig:
         if self.on_duplicate not in ON_DUPLICATE:
             raise ValueError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}, "
                              f"got {self.on_duplicate!r}")
-        if not 0.0 <= self.test_fraction <= 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
+        for name in ("test_fraction", "validation_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be a positive integer or null, got {self.limit}")
         if self.dataset == "math" and (not self.math_tasks or self.num_math_items < 1):

@@ -3,8 +3,11 @@
 - Ids are unique: two records with the same id stop the stage, naming both rows, unless the config
   says ``on_duplicate: keep_first`` (then one copy per id is kept, a held-out split's before a train
   copy, and the dropped ones are counted).
-- Single-split sources are split by hashing (seed, id): an item's split depends only on its own id, so
-  adding or removing other items never moves it, and the same seed always gives the same split.
+- Single-split sources are split by hashing (seed, id) into u in [0, 1): test when u < test_fraction,
+  validation when u < test_fraction + (1 − test_fraction)·validation_fraction, else train. An item's
+  split depends only on its own id, so adding or removing other items never moves it, the same seed
+  always gives the same split, and changing validation_fraction never moves an item into or out of
+  test (only between train and validation).
 - A held-out split never shares a normalised prompt with a split used for training: the copy in the
   lower-priority split is dropped (test > validation > train).
 - ``limit`` keeps the first N of each split after a seeded shuffle of the id-sorted rows, so the result
@@ -34,11 +37,20 @@ def hash_unit(seed: int, example_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_pool(rows: list[dict[str, Any]], test_fraction: float, seed: int) -> None:
-    """Give every row whose split is "pool" the split test (hash < test_fraction) or train, in place."""
+def pool_split(u: float, test_fraction: float, validation_fraction: float) -> str:
+    """The split of a pooled item whose hash is ``u``: test below ``test_fraction``, then validation for
+    ``validation_fraction`` of the rest of [0, 1), then train."""
+    if u < test_fraction:
+        return "test"
+    return "validation" if u < test_fraction + (1.0 - test_fraction) * validation_fraction else "train"
+
+
+def assign_pool(rows: list[dict[str, Any]], test_fraction: float, seed: int,
+                validation_fraction: float = 0.0) -> None:
+    """Give every row whose split is "pool" its hash split (`pool_split`), in place."""
     for row in rows:
         if row["split"] == "pool":
-            row["split"] = "test" if hash_unit(seed, row["id"]) < test_fraction else "train"
+            row["split"] = pool_split(hash_unit(seed, row["id"]), test_fraction, validation_fraction)
 
 
 def dedupe_ids(rows: list[dict[str, Any]], policy: str) -> tuple[list[dict[str, Any]], Counter, list[str]]:

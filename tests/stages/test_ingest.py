@@ -88,8 +88,9 @@ def test_bundled_humaneval_has_all_problems_and_runnable_tests() -> None:
     # The canonical function passes its own tests, so reference and tests were assembled correctly.
     assert failing_programs([r["reference"] + "\n" + r["tests"] for r in rows]) == []
     # A wrong function fails them, so the tests are really executed.
-    broken = rows[0]["reference"].replace("return ", "return None and ", 1)
-    assert failing_programs([broken + "\n" + rows[0]["tests"]]) == [0]
+    first = next(r for r in rows if r["id"] == "humaneval/HumanEval/0")
+    broken = first["reference"].replace("return ", "return None and ", 1)
+    assert failing_programs([broken + "\n" + first["tests"]]) == [0]
 
 
 def test_bundled_medmcqa_sample_parses_every_question(medmcqa_cache: Path) -> None:
@@ -147,7 +148,8 @@ def test_same_seed_gives_identical_bytes_and_another_seed_another_split(medmcqa_
 
 
 def test_test_fraction_controls_the_hash_split() -> None:
-    assert set(examples(dataset="humaneval", test_fraction=0.0).column("split").to_pylist()) == {"train"}
+    only_train = examples(dataset="humaneval", test_fraction=0.0, validation_fraction=0.0)
+    assert set(only_train.column("split").to_pylist()) == {"train"}
     assert set(examples(dataset="humaneval", test_fraction=1.0).column("split").to_pylist()) == {"test"}
     n_test = examples(dataset="humaneval", test_fraction=0.25).column("split").to_pylist().count("test")
     assert 20 <= n_test <= 62
