@@ -8,6 +8,7 @@
     unisd assets install | verify | path
     unisd config show [--preset ... | --config ...] [key=value ...]
     unisd serve [--preset NAME]
+    unisd data check FILE [--family F] [field=column ...]
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ log = logging.getLogger("unisd")
 VERBOSE_HELP = "show tracebacks and debug logs on the terminal (run/stage/report log them to <store>/logs/)"
 
 
+OVERRIDES_HELP = """overrides: dotted key=value pairs after the options change any config key (values are YAML:
+numbers, true/false, null, [lists]); list items by index. `unisd config docs` lists every key.
+  unisd run --preset smoke train.lr=1e-4 evaluate.limit=20 methods=[base,sd] datasets.0.limit=50"""
+STORE_HELP = "store directory (default: $UNISD_STORE, else the config's `store`, else ./runs)"
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", help="preset name in configs/ (default: default)")
     g.add_argument("--config", help="path to a YAML experiment config")
     p.set_defaults(overrides=[])  # dotted key=value overrides are collected from the remaining arguments
     p.add_argument("--force", action="store_true", help="recompute even when the store has the artifact")
+    p.epilog, p.formatter_class = OVERRIDES_HELP, argparse.RawDescriptionHelpFormatter
 
 
 def _store_root(arg: str | None) -> Path:
@@ -71,7 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(cf)
     sv = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
     sv.add_argument("--preset", default="default")
+    dt = sub.add_parser("data", help="show how a data file would be ingested: first rows and every rejected row")
+    dt.add_argument("action", choices=["check"])
+    dt.add_argument("path", help="a .jsonl/.json/.csv/.parquet file, a folder of split files or a saved dataset")
+    dt.add_argument("--family", choices=["mcqa", "code", "math", "free", "tool"], help="default: guessed")
+    dt.add_argument("--dataset", default="local", help="read in a registry dataset's schema (default: local)")
+    dt.add_argument("--rows", type=int, default=3, help="rows to show (default 3)")
+    dt.set_defaults(preset=None, overrides=[])  # field=column mapping pairs arrive as the remaining arguments
+    dt.epilog = "mapping: field=column pairs, e.g. prompt=question options=opa,opb,opc,opd answer=cop"
     for p in sub.choices.values():  # `unisd run --verbose` works too; SUPPRESS keeps a global -v
+        if not any("--store" in a.option_strings for a in p._actions):
+            p.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return ap
 
@@ -83,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad or (rest and not hasattr(args, "preset")):
         parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
     args.overrides = rest
+    if getattr(args, "store", None) and args.cmd not in ("sql", "store"):  # every stage reads $UNISD_STORE
+        os.environ["UNISD_STORE"] = str(Path(args.store).expanduser().resolve())
     logs.setup(args.verbose)
     try:
         return _dispatch(args)
@@ -133,6 +153,10 @@ def _dispatch(args) -> int:
         return 0
     if args.cmd == "store":
         return _store(args)
+    if args.cmd == "data":
+        from stages.ingest.check import command
+
+        return command(args.path, args.family, args.dataset, args.overrides, args.rows)
     if args.cmd == "assets":
         return _assets(args.action)
     if args.cmd == "config":
@@ -148,7 +172,8 @@ def _dispatch(args) -> int:
             print(reference_markdown(ExperimentConfig), end="")
             return 0
         exp = load_experiment(args.preset, args.config, args.overrides)
-        print(yaml.safe_dump(to_dict(exp), sort_keys=False), end="")
+        shown = to_dict(exp) | {"store": str(exp.store_path)}  # the store actually used ($UNISD_STORE wins)
+        print(yaml.safe_dump(shown, sort_keys=False), end="")
         return 0
     # validate before Prefect spins up, so a bad key fails in milliseconds with one line
     from unisd.config import load_experiment
