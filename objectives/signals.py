@@ -65,15 +65,16 @@ def row_logprob(hidden: Tensor, weight: Tensor, tokens: Tensor, mask: Tensor, *,
 def logprob_gain(privileged_hidden: Tensor, plain_hidden: Tensor, weight: Tensor, tokens: Tensor, mask: Tensor,
                  *, reduction: Literal["mean", "sum"] = "mean",
                  chunk_size: int = 64) -> tuple[Tensor, dict[str, float]]:
-    """Δ_r = ℓ_r(c) − ℓ_r(x) of a gold continuation: hidden (R, T, H) under each prompt -> (R,), metrics.
+    """ℓ(c), ℓ(x) and Δ = ℓ(c) − ℓ(x) of a gold continuation: hidden (R, T, H) under each prompt -> (3, R).
 
-    Metrics (means over rows with a token): ``privileged`` ℓ(c), ``plain`` ℓ(x), ``gain`` Δ, ``n`` rows.
+    Row 0 of the result is ℓ_r(c), row 1 ℓ_r(x), row 2 Δ_r. Metrics (means over rows with a token):
+    ``privileged``, ``plain``, ``gain``, ``n`` rows.
     """
     check_same_shape(privileged_hidden=privileged_hidden, plain_hidden=plain_hidden)
     privileged = row_logprob(privileged_hidden, weight, tokens, mask, reduction=reduction, chunk_size=chunk_size)
     plain = row_logprob(plain_hidden, weight, tokens, mask, reduction=reduction, chunk_size=chunk_size)
     gain = privileged - plain
-    return gain, {"privileged": _nanmean(privileged), "plain": _nanmean(plain), "gain": _nanmean(gain),
+    return torch.stack([privileged, plain, gain]), {"privileged": _nanmean(privileged), "plain": _nanmean(plain), "gain": _nanmean(gain),
                   "n": _rows(gain)}
 
 
@@ -94,10 +95,10 @@ def own_sample_divergence(student_hidden: Tensor, teacher_hidden: Tensor, weight
 
 
 def agreement_spread(view_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Per-row mean across-view std of the sampled token's log-prob: view_logps (K, R, T), mask (R, T) -> (R,).
+    """Per-row mean across-view spread of the sampled token's log-prob: view_logps (K, R, T), mask (R, T) -> (2, R).
 
-    Metrics: ``std`` and ``range`` (mean over rows of the per-token sample std / max − min across the
-    K views), ``n`` rows. K = 1 gives 0 for both.
+    Row 0 is the per-row mean of the per-token sample std across the K views, row 1 of the range
+    (max − min). Metrics: ``std`` and ``range`` (means over rows), ``n`` rows. K = 1 gives 0 for both.
     """
     if view_logps.dim() != 3:
         raise ValueError(f"view_logps must be (K, R, T), got shape {tuple(view_logps.shape)}")
@@ -106,7 +107,7 @@ def agreement_spread(view_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict[str
     std = _spread(values, "var", unbiased=True).clamp(min=0.0).sqrt()
     spread = _spread(values, "range", unbiased=True)
     std_rows, range_rows = masked_row_mean(std[keep], keep), masked_row_mean(spread[keep], keep)
-    return std_rows, {"std": _nanmean(std_rows), "range": _nanmean(range_rows), "n": _rows(std_rows)}
+    return torch.stack([std_rows, range_rows]), {"std": _nanmean(std_rows), "range": _nanmean(range_rows), "n": _rows(std_rows)}
 
 
 def paired_gain(teacher: Tensor, student: Tensor) -> tuple[Tensor, dict[str, float]]:

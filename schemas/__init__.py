@@ -210,10 +210,25 @@ COMPARISONS = TableSchema(
     key=("dataset", "method", "baseline", "statistic"),
 )
 
+SIGNALS = TableSchema(
+    "signals",
+    pa.schema([
+        _f("dataset", S, False),
+        _f("model", S, False),  # the model's label (student, and teacher on the privileged prompt)
+        _f("statistic", S, False),  # logp_gold_gain | acc_teacher_ref | divergence_own_samples | ... (stages.signals)
+        _f("value", pa.float64(), False),  # mean over the items behind it
+        _f("ci_low", pa.float64()),  # Student-t interval of that mean over items (null: one item)
+        _f("ci_high", pa.float64()),
+        _f("n", pa.int64(), False),  # items behind the value
+        _f("split", S, False),  # the examples split the items come from (train: signals never read test)
+    ]),
+    key=("dataset", "model", "statistic"),
+)
+
 ALL: dict[str, TableSchema] = {
     t.name: t
     for t in (EXAMPLES, PREDICTIONS, SCORES, NEIGHBORS, INSTRUCTIONS, CONTEXTS, NEGATIVES,
-              TRAIN_STEPS, ROLLOUTS, RETENTION, COMPARISONS)
+              TRAIN_STEPS, ROLLOUTS, RETENTION, COMPARISONS, SIGNALS)
 }
 
 

@@ -28,13 +28,13 @@ def explicit_logps(hidden, weight, tokens):
 
 def test_identical_prompts_give_zero_gain_and_zero_divergence() -> None:
     hidden, _, weight, tokens, mask = setup()
-    gain, m = logprob_gain(hidden, hidden.clone(), weight, tokens, mask)
-    assert torch.equal(gain, torch.zeros(R, dtype=gain.dtype)) and m["gain"] == 0.0 and m["n"] == 3
+    rows, m = logprob_gain(hidden, hidden.clone(), weight, tokens, mask)
+    assert torch.equal(rows[0], rows[1]) and torch.equal(rows[2], torch.zeros(R, dtype=rows.dtype)) and m["gain"] == 0.0 and m["n"] == 3
     div, m = own_sample_divergence(hidden, hidden.clone(), weight, mask)
     assert torch.allclose(div, torch.zeros(R, dtype=div.dtype), atol=1e-12) and m["divergence"] < 1e-12
     views = explicit_logps(hidden, weight, tokens).expand(4, R, T)
     spread, m = agreement_spread(views, mask)
-    assert torch.equal(spread, torch.zeros(R, dtype=spread.dtype)) and m["std"] == m["range"] == 0.0
+    assert torch.equal(spread, torch.zeros(2, R, dtype=spread.dtype)) and m["std"] == m["range"] == 0.0
     _, m = paired_gain(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 1.0]))
     assert m["gain"] == 0.0 and m["teacher"] == m["student"] == pytest.approx(2 / 3)
 
@@ -46,9 +46,9 @@ def test_row_logprob_matches_explicit_logits_mean_and_sum() -> None:
     expected_sum = torch.where(mask, per_token, 0.0).sum(-1)
     assert torch.allclose(row_logprob(hidden, weight, tokens, mask, reduction="sum"), expected_sum)
     assert torch.allclose(row_logprob(hidden, weight, tokens, mask), expected_sum / count)
-    gain, m = logprob_gain(hidden * 2, hidden, weight, tokens, mask, reduction="sum")
+    rows, m = logprob_gain(hidden * 2, hidden, weight, tokens, mask, reduction="sum")
     expected = torch.where(mask, explicit_logps(hidden * 2, weight, tokens), 0.0).sum(-1) - expected_sum
-    assert torch.allclose(gain, expected) and m["gain"] == pytest.approx(float(expected.mean()))
+    assert torch.allclose(rows[2], expected) and torch.allclose(rows[1], expected_sum) and m["gain"] == pytest.approx(float(expected.mean()))
     assert m["privileged"] - m["plain"] == pytest.approx(m["gain"])
 
 
@@ -72,7 +72,8 @@ def test_spread_of_two_views_is_half_root_two_and_range() -> None:
     mask = torch.ones(R, T, dtype=torch.bool)
     rows, m = agreement_spread(torch.stack([a, b]), mask)
     gap = (a - b).abs()
-    assert torch.allclose(rows, (gap / math.sqrt(2)).mean(-1), atol=1e-6)
+    assert torch.allclose(rows[0], (gap / math.sqrt(2)).mean(-1), atol=1e-6)
+    assert torch.allclose(rows[1], gap.mean(-1), atol=1e-6)
     assert m["range"] == pytest.approx(float(gap.mean()), rel=1e-5)
     _, one = agreement_spread(a[None], mask)  # K = 1: no disagreement, never NaN
     assert one["std"] == 0.0 and one["range"] == 0.0
@@ -85,10 +86,10 @@ def test_masked_positions_are_inert_and_empty_rows_are_left_out() -> None:
     junk_hidden = torch.where(mask[..., None], hidden, noise)
     junk_other = torch.where(mask[..., None], other, -noise)
     junk_tokens = torch.where(mask, tokens, (tokens + 3) % V)
-    gain, m = logprob_gain(hidden, other, weight, tokens, mask)
-    gain2, m2 = logprob_gain(junk_hidden, junk_other, weight, junk_tokens, mask)
-    assert torch.allclose(gain[:2], gain2[:2]) and gain[2].isnan() and m == pytest.approx(m2) and m["n"] == 2
-    assert m["gain"] == pytest.approx(float(gain[:2].mean()))
+    rows, m = logprob_gain(hidden, other, weight, tokens, mask)
+    rows2, m2 = logprob_gain(junk_hidden, junk_other, weight, junk_tokens, mask)
+    assert torch.allclose(rows[:, :2], rows2[:, :2]) and rows[:, 2].isnan().all()
+    assert m == pytest.approx(m2) and m["n"] == 2 and m["gain"] == pytest.approx(float(rows[2, :2].mean()))
     div, d = own_sample_divergence(hidden, other, weight, mask)
     div2, d2 = own_sample_divergence(junk_hidden, junk_other, weight, mask)
     assert torch.allclose(div[:2], div2[:2]) and d == pytest.approx(d2) and d["n"] == 2
