@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from flows import tracking  # noqa: E402
 from stages import pipeline  # noqa: E402
 from storage import Store  # noqa: E402
 from unisd.config import ExperimentConfig, load_experiment  # noqa: E402
@@ -54,7 +55,8 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
         art = pipeline.contexts(store, cfg, arts["examples"], extra, force=force)
     elif stage == "train":
         art = pipeline.train(store, exp.run_config(args["method"], args["seed"]), exp.model, arts["examples"],
-                             arts["contexts"], arts.get("negatives"), args["method"], force=force)
+                             arts["contexts"], arts.get("negatives"), args["method"], force=force,
+                             tracking=tracking.train_run(exp, args["method"], args["seed"], args["dataset"]))
     elif stage == "evaluate":
         art = pipeline.evaluate(store, exp.model, exp.evaluate, arts["examples"], method=args["method"],
                                 checkpoint=arts.get("checkpoint"), seed=args.get("seed"),
@@ -70,6 +72,7 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
         trainings = [(m, s, arts[f"train_{i}"]) for i, (m, s) in enumerate(args["runs"])]
         art = pipeline.report(store, exp.analyze, exp.name, _numbered(arts, "evaluate"), trainings,
                               _numbered(arts, "analyze"), arts.get("compare"), force=force)
+    tracking.log_results(exp, stage, args, arts, art)
     get_run_logger().info("%s %s: %s", stage, label, art.key[:12])
     return art.key
 
@@ -202,7 +205,7 @@ def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, 
     inputs = {"examples": examples, "contexts": ctx}
     if "negatives" in extra:
         inputs["negatives"] = extra["negatives"]
-    return run("train", f"{method}-s{seed}-{name}", method=method, seed=seed, inputs=inputs)
+    return run("train", f"{method}-s{seed}-{name}", method=method, seed=seed, dataset=name, inputs=inputs)
 
 
 def _publish(exp: ExperimentConfig, runs: Runs) -> str:

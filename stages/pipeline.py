@@ -27,6 +27,7 @@ from stages import retrieval as retrieval_stage
 from stages import train as train_stage
 from stages.analyze.compare import compare as compare_runs
 from storage import Artifact, StageSpec, Store
+from storage.tracking import TrackingRun, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ def contexts(store: Store, cfg: contexts_stage.ContextsConfig, examples: Artifac
 
 def train(store: Store, cfg: train_stage.TrainConfig, model: ModelConfig, examples: Artifact,
           contexts_art: Artifact, negatives_art: Artifact | None, method: str, *,
-          force: bool = False) -> Artifact:
+          force: bool = False, tracking: TrackingRun | None = None) -> Artifact:
+    """Train one method; with `tracking`, every step (or, on a cache hit, the stored steps of a run the
+    trackers have not seen) also goes to the trackers, which never enter the key."""
     inputs = {"examples": examples, "contexts": contexts_art}
     spec = train_stage.SPEC
     if negatives_art is not None:
@@ -101,15 +104,24 @@ def train(store: Store, cfg: train_stage.TrainConfig, model: ModelConfig, exampl
     precision = {"weights": "float32", "scoring": precision_record(cfg.score_precision, model.device)}
     cfg = replace(cfg, score_precision=precision["scoring"]["dtype"])  # the key names what the device uses
     key = {"train": asdict(cfg), "model": fingerprint(model.path), "method": method}
+    tracker = open_tracker(tracking, store.key_for(spec, key, inputs), fresh=force) if tracking else None
 
     def compute(ws):
         neg = negatives_art.table("negatives") if negatives_art is not None else None
         table = examples.table("examples")
-        out = train_stage.run(cfg, model, table, contexts_art.table("contexts"), neg, ws, method)
+        out = train_stage.run(cfg, model, table, contexts_art.table("contexts"), neg, ws, method,
+                              on_step=tracker.on_step if tracker is not None else None)
         dataset = ",".join(sorted(set(table.column("dataset").to_pylist())))
         return {name: _with_columns(t, method=method, dataset=dataset) for name, t in out.items()}
 
-    return store.materialize(spec, key, inputs, compute, force=force, extra_manifest={"precision": precision})
+    try:
+        art = store.materialize(spec, key, inputs, compute, force=force, extra_manifest={"precision": precision})
+        if tracker is not None:
+            tracker.replay(art.table("train_steps").to_pylist())
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return art
 
 
 def _with_columns(table, **values):

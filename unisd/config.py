@@ -24,6 +24,7 @@ from stages.ingest import REGISTRY, IngestConfig
 from stages.negatives import NegativesConfig
 from stages.retrieval import RetrievalConfig
 from stages.train import TrainConfig
+from storage.tracking import check_backends
 from unisd.configtools import ConfigError, apply_overrides, build, deep_merge, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -84,8 +85,14 @@ class ExperimentConfig:
     threads: int | None = None
     """CPU threads for torch and every worker process (None = $UNISD_THREADS, else the cores this process
     may use: its CPU affinity and cgroup quota, not the host's count; shared among local DDP processes)."""
+    tracking: tuple[str, ...] = ()
+    """Experiment trackers that mirror every training step, the resolved config and the final scores, one
+    run per (model, method, seed, dataset): any of mlflow, tensorboard, wandb (`pip install
+    'unisd[tracking]'`). They write under `<store>/tracking/` (wandb offline) unless MLFLOW_TRACKING_URI,
+    UNISD_TENSORBOARD_DIR, WANDB_DIR / WANDB_MODE say otherwise; never part of a cache key."""
 
     def __post_init__(self) -> None:
+        check_backends(self.tracking)
         if not self.datasets:
             raise ValueError("datasets: at least one dataset is required")
         for i, d in enumerate(self.datasets):
