@@ -1,8 +1,9 @@
-"""Experiment report: Table 1, retention, paired comparisons and figures as Markdown and self-contained HTML.
+"""Experiment report: Table 1, retention, paired comparisons, signals and figures as Markdown and self-contained HTML.
 
 A summary cell is the mean over training seeds of one per-seed value ± the half-width of its Student-t
 confidence interval, t_{(1+c)/2, n−1} · s / √n (`objectives.stats.mean_ci`); a single value (the base model,
-or a single seed) has no interval.
+or a single seed) has no interval. Every table says which examples split its numbers come from (the scores'
+`split` column; when one report mixes splits, each Table 1 column carries its split).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from objectives.stats import mean_ci
 from stages.analyze.compare import group_label as column_label
 from stages.report import plots
 from stages.report.plots import Run
+from stages.report.signals import signal_section
 
 PRIMARY_METRICS = ("accuracy", "pass@1", "full_acc")
 BASE = "base"
@@ -88,22 +90,30 @@ def _primary(rows: list[dict]) -> dict[str, str]:
             for d, ms in present.items() if any(m in ms for m in PRIMARY_METRICS)}
 
 
-def _seed_values(rows: list[dict]) -> tuple[dict[str, str], dict[str, dict[str, dict[int | None, float]]]]:
-    """(column label → evaluated dataset, method → label → seed → value) over primary-metric rows.
+def _seed_values(rows: list[dict]) -> tuple[dict[str, tuple[str, str | None]],
+                                            dict[str, dict[str, dict[int | None, float]]]]:
+    """(column label → (evaluated dataset, split), method → label → seed → value) over primary-metric rows.
 
     Columns come from the trained checkpoints, in-distribution ones first, each group in order of first
     appearance; a dataset only the base model was evaluated on gets its own column. The base model fills every column whose evaluated dataset it was scored on.
     """
-    trained = {r["dataset"] for r in rows if r["method"] != BASE}
-    columns: dict[str, str] = {}
+    mixed = len({r.get("split") for r in rows}) > 1
+
+    def where(r: dict) -> tuple[str, str | None]:
+        return r["dataset"], r.get("split")
+
+    def label_of(r: dict) -> str:
+        return column_label(r["dataset"], r["trained_on"]) + (f" [{r.get('split')}]" if mixed else "")
+
+    trained = {where(r) for r in rows if r["method"] != BASE}
+    columns: dict[str, tuple[str, str | None]] = {}
     for r in rows:
-        if r["method"] != BASE or r["dataset"] not in trained:
-            columns.setdefault(column_label(r["dataset"], r["trained_on"]), r["dataset"])
-    columns = dict(sorted(columns.items(), key=lambda kv: kv[0] != kv[1]))  # in-distribution columns first
+        if r["method"] != BASE or where(r) not in trained:
+            columns.setdefault(label_of(r), where(r))
+    columns = dict(sorted(columns.items(), key=lambda kv: "→" in kv[0]))  # in-distribution columns first
     values: dict[str, dict[str, dict[int | None, float]]] = {}
     for r in rows:
-        labels = ([c for c, d in columns.items() if d == r["dataset"]] if r["method"] == BASE
-                  else [column_label(r["dataset"], r["trained_on"])])
+        labels = [c for c, w in columns.items() if w == where(r)] if r["method"] == BASE else [label_of(r)]
         for label in labels:
             seeds = values.setdefault(r["method"], {}).setdefault(label, {})
             if seeds.get(r["seed"], r["value"]) != r["value"]:
@@ -184,12 +194,20 @@ def _seeds_phrase(rows: list[dict], columns: list[str]) -> str:
     return f"{counts[0]} seed(s)" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds" if counts else "seeds"
 
 
+def split_phrase(scores: Scores) -> str:
+    """Which examples split the scores come from: "the test split", "the validation and test splits"."""
+    splits = sorted({r.get("split") or "unrecorded" for r in _score_rows(scores)})
+    return f"the {splits[0]} split" if len(splits) == 1 else f"the {', '.join(splits[:-1])} and {splits[-1]} splits"
+
+
 def _sections(scores: Scores, retention: pa.Table | None, comparisons: pa.Table | None,
-              confidence: float) -> list[_Section]:
+              confidence: float, signals: pa.Table | None = None) -> list[_Section]:
     level = f"{confidence:.0%}"
     columns, rows = summary_table(scores, confidence)
     metrics = "; ".join(f"{d}: {m}" for d, m in primary_metrics(scores).items())
-    note = (f"Primary metric per dataset ({metrics}). Cells: mean ± {level} CI half-width (Student t) over "
+    split = split_phrase(scores)
+    note = (f"Scores on {split} ([split] after a column name when several are shown). "
+            f"Primary metric per dataset ({metrics}). Cells: mean ± {level} CI half-width (Student t) over "
             f"{_seeds_phrase(rows, columns)}; the base model has a single value. a→b: trained on a, evaluated "
             f"on b. Overall: per seed, the mean over the row's columns, then mean ± CI over seeds."
             if rows else "No scores.")
@@ -198,7 +216,7 @@ def _sections(scores: Scores, retention: pa.Table | None, comparisons: pa.Table 
     ret = retention_summary(retention, confidence, by_dataset=True)
     if ret:
         out.append(_Section(
-            "Retention", f"Per seed, the mean over examples; then mean ± {level} CI over seeds. PPL_fit: "
+            "Retention", f"On the examples of {split} that Table 1 scores. Per seed, the mean over examples; then mean ± {level} CI over seeds. PPL_fit: "
             "perplexity of gold completions under the adapted model; PPL_ret: of the adapted model's "
             "completions under the base model; JSD: per-token JSD(base ‖ adapted), ≤ ln 2.",
             ["method", "dataset", "examples", *RETENTION_FIELDS.values()],
@@ -209,13 +227,15 @@ def _sections(scores: Scores, retention: pa.Table | None, comparisons: pa.Table 
             return "–" if x is None else format(x, fmt)
         out.append(_Section(
             "Paired comparisons",
-            "Method against baseline on the examples both answered (each averaged over shared seeds). "
+            f"Method against baseline on the examples of {split} both answered (each averaged over shared seeds). "
             "CI: bootstrap over examples; p: paired sign-flip test (accuracy only).",
             ["dataset", "method", "baseline", "statistic", "value", "CI", "p", "n"],
             [[r["dataset"], r["method"], r["baseline"], r["statistic"], f"{r['value']:+.3f}",
               "–" if r["ci_low"] is None else f"[{r['ci_low']:+.3f}, {opt(r['ci_high'], '+.3f')}]",
               opt(r["p_value"], ".3g"), str(r["n"])] for r in comparisons.to_pylist()],
             text_columns=4))
+    if (section := signal_section(signals)) is not None:
+        out.append(_Section(*section, text_columns=2))
     return out
 
 
@@ -228,10 +248,10 @@ def _md_table(s: _Section) -> list[str]:
 
 def report_markdown(title: str, scores: Scores, *, retention: pa.Table | None = None,
                     comparisons: pa.Table | None = None, figures: Mapping[str, str] | None = None,
-                    confidence: float = 0.95) -> str:
+                    confidence: float = 0.95, signals: pa.Table | None = None) -> str:
     """The report as Markdown; ``figures`` maps a caption to an image path relative to the report."""
     lines = [f"# {title}", ""]
-    for s in _sections(scores, retention, comparisons, confidence):
+    for s in _sections(scores, retention, comparisons, confidence, signals):
         lines += [f"## {s.heading}", "", s.note, ""]
         lines += [*_md_table(s), ""] if s.rows else []
     if figures:
@@ -268,11 +288,11 @@ def _html_table(s: _Section) -> str:
 
 def report_html(title: str, scores: Scores, *, retention: pa.Table | None = None,
                 comparisons: pa.Table | None = None, figures: Mapping[str, bytes] | None = None,
-                confidence: float = 0.95) -> str:
+                confidence: float = 0.95, signals: pa.Table | None = None) -> str:
     """The report as one self-contained HTML page: inline CSS, ``figures`` (caption → PNG) as data URIs."""
     parts = [f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n<title>{html.escape(title)}</title>",
              f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>"]
-    for s in _sections(scores, retention, comparisons, confidence):
+    for s in _sections(scores, retention, comparisons, confidence, signals):
         parts += [f"<h2>{html.escape(s.heading)}</h2>", f"<p class=note>{html.escape(s.note)}</p>"]
         parts += [_html_table(s)] if s.rows else []
     if figures:
@@ -316,7 +336,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def write_report(out_dir: Path, *, title: str, scores: Scores, train_steps: Sequence[Run] = (),
                  retention: pa.Table | None = None, comparisons: pa.Table | None = None,
-                 confidence: float = 0.95) -> dict[str, Path]:
+                 confidence: float = 0.95, signals: pa.Table | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` under ``out_dir``; return them by relative name.
 
     Everything is rendered in memory before the first write and each file is replaced atomically, so a
@@ -325,7 +345,7 @@ def write_report(out_dir: Path, *, title: str, scores: Scores, train_steps: Sequ
     """
     out_dir = Path(out_dir)
     pngs = render_figures(scores, train_steps, retention, confidence)
-    kwargs = {"retention": retention, "comparisons": comparisons, "confidence": confidence}
+    kwargs = {"retention": retention, "comparisons": comparisons, "confidence": confidence, "signals": signals}
     md = report_markdown(title, scores, figures={FIGURES[n]: f"figures/{n}" for n in pngs}, **kwargs)
     page = report_html(title, scores, figures={FIGURES[n]: png for n, png in pngs.items()}, **kwargs)
     written = {}
