@@ -8,8 +8,9 @@ Token level:    d_t = Var_k(g_{k,t}) (unbiased) or max_k − min_k;  s = max(Q_q
 Sequence level: ḡ_k = masked mean_t g_{k,t};  D = Var_k(ḡ_k) (population) or range;  w = max(exp(−γ·D), 1e-6)
 
 Fixes of the reference (REFERENCE §8): K = 1 gives w = 1 exactly (the unbiased variance of one sample
-is NaN there, §8.4), and `weighted_token_mean` divides by the plain token count so a per-sequence
-weight is not cancelled by its own normaliser (§8.2). Weights never carry gradient.
+is NaN there, §8.4), and `weighted_token_mean` never normalises a sequence weight by itself, so it is
+not cancelled (§8.2); it offers the plain count and the reference's Σw as normalisers
+(`objectives.reduction`). Weights never carry gradient.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from objectives.masking import as_bool_mask, compute_dtype, masked_mean, masked_quantile, token_denominator
+from objectives.masking import as_bool_mask, compute_dtype, masked_mean, masked_quantile
+from objectives.reduction import Normalize, Reduction, reduce_loss
 
 __all__ = ["sequence_agreement_weights", "token_agreement_weights", "weighted_token_mean"]
 
@@ -119,43 +121,26 @@ def weighted_token_mean(
     token_weights: Tensor | None = None,
     seq_weights: Tensor | None = None,
     *,
-    normalize: Literal["batch_tokens", "sequence"] = "batch_tokens",
+    reduction: Reduction = "token",
+    normalize: Normalize = "count",
     normalizer: float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted masked mean of per-token losses: per_token/mask/token_weights (B, T), seq_weights (B,).
 
-    ``batch_tokens`` (L_KD, §2.7 with the fix):  L = Σ_{b,t} w_b·w_{b,t}·ℓ_{b,t}·m_{b,t} / N,
-    N = `normalizer` or Σ m (the plain token count). ``sequence``: L = (1/B') Σ_b Σ_t w·ℓ·m / max(Σ_t m, 1),
-    B' = `normalizer` or B.
-
-    Why the denominator is not Σ w·m: a weighted mean re-normalises the weights inside the set it
-    averages over. Per sequence (the reference), a constant sequence weight cancels exactly
-    (w·Σℓ / w·Σm), so sequence-level agreement did nothing (§8.2); per batch, uniformly low agreement
-    would be scaled back up. Dividing by the unweighted count keeps a weight w < 1 a real reduction of
-    that token's (or sequence's) gradient, and the denominator does not depend on the weights, so the
-    trainer can pass the optimizer step's global count and sum micro-batches exactly.
+    `objectives.reduction.reduce_loss` with the agreement weights, plus metrics. ``count``
+    (L_KD = Σ w_b·w_t·ℓ·m / N) keeps a weight w < 1 a real reduction of that token's (or sequence's)
+    gradient, so uniformly low agreement shrinks the whole term; ``weight_sum`` (Σ w·ℓ / Σ w, the
+    reference's normaliser) only moves the loss between tokens and keeps the term's scale. Neither
+    lets a sequence weight cancel against its own normaliser (§8.2): under ``sequence`` the sequence
+    weights are normalised over the step's sequences, not within each one.
     """
     keep = as_bool_mask(mask, per_token)
-    weights = torch.ones((), dtype=per_token.dtype, device=per_token.device)
+    value = reduce_loss(per_token, keep, token_weights, seq_weights, reduction=reduction, normalize=normalize,
+                        normalizer=normalizer)
+    weights = torch.ones_like(per_token)
     if token_weights is not None:
-        if token_weights.shape != per_token.shape:
-            raise ValueError(f"token_weights shape {tuple(token_weights.shape)} != {tuple(per_token.shape)}")
-        weights = weights * token_weights.detach()
+        weights = weights * token_weights.detach().to(per_token.dtype)
     if seq_weights is not None:
-        if seq_weights.shape != per_token.shape[:1]:
-            raise ValueError(f"seq_weights shape {tuple(seq_weights.shape)} != ({per_token.shape[0]},)")
-        weights = weights * seq_weights.detach().reshape(-1, *([1] * (per_token.dim() - 1)))
-    zero = torch.zeros((), dtype=per_token.dtype, device=per_token.device)
-    weighted = torch.where(keep, weights * per_token, zero)
-    count = keep.sum()
-    if normalize == "batch_tokens":
-        value = weighted.sum() / token_denominator(count, normalizer)
-    elif normalize == "sequence":
-        if per_token.dim() != 2:
-            raise ValueError(f"normalize='sequence' needs per_token (B, T), got {tuple(per_token.shape)}")
-        per_sequence = weighted.sum(-1) / keep.sum(-1).clamp(min=1)
-        value = per_sequence.sum() / token_denominator(torch.tensor(per_token.shape[0]), normalizer)
-    else:
-        raise ValueError(f"normalize must be 'batch_tokens' or 'sequence', got {normalize!r}")
-    effective = masked_mean(weights.expand_as(per_token).detach(), keep)
-    return value, {"reduce/tokens": float(count), "reduce/weight_mean": effective.item()}
+        weights = weights * seq_weights.detach().to(per_token.dtype).reshape(-1, *([1] * (per_token.dim() - 1)))
+    effective = masked_mean(weights.detach(), keep)
+    return value, {"reduce/tokens": float(keep.sum()), "reduce/weight_mean": effective.item()}

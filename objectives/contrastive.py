@@ -6,8 +6,11 @@ the reference) and the bad teacher (privileged prompt with a plausible wrong ans
     L_con = Σ_t m_t · max(0, μ + |s_t − g_t| − |s_t − n_t|) / N
 
 i.e. the student should sit at least μ nats closer to the good teacher than to the bad one. The
-teachers are constants. N is the loss-token count of the batch (or the `normalizer` passed by the
-trainer for gradient accumulation); the reference averages per sequence and then over the batch.
+teachers are constants. The mask m selects the loss tokens of the rows that have a bad teacher: a row
+without a negative view contributes nothing, to the sum or to N, so it cannot dilute λ_c (the
+reference drops such items). N counts those tokens (``reduction="token"``), or the term is the mean
+over those rows of each row's token mean (``"sequence"``, the reference); the trainer passes the
+optimizer step's N as `normalizer` for gradient accumulation (`objectives.reduction`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from objectives.masking import as_bool_mask, check_same_shape, compute_dtype, masked_mean, token_denominator
+from objectives.masking import as_bool_mask, check_same_shape, compute_dtype, masked_mean
+from objectives.reduction import Reduction, reduce_loss
 
 __all__ = ["token_contrastive"]
 
@@ -27,9 +31,10 @@ def token_contrastive(
     mask: Tensor,
     *,
     margin: float = 0.5,
+    reduction: Reduction = "token",
     normalizer: float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Masked mean hinge over tokens; all inputs share a shape, e.g. (B, T) or (N,).
+    """Masked mean hinge over tokens; all inputs share a shape, e.g. (B, T) or (N,) ((B, T) under "sequence").
 
     Metrics: ``contrastive/violation_fraction`` (share of loss tokens with a positive hinge),
     ``contrastive/gap_mean`` (mean of |s−n| − |s−g|; ≥ μ means satisfied) and ``contrastive/loss``.
@@ -42,8 +47,7 @@ def token_contrastive(
     student = student_logps.to(dtype)
     gap = (student - bad_logps.detach().to(dtype)).abs() - (student - good_logps.detach().to(dtype)).abs()
     hinge = torch.relu(margin - gap)
-    zero = torch.zeros((), dtype=dtype, device=hinge.device)
-    loss = torch.where(keep, hinge, zero).sum() / token_denominator(keep.sum(), normalizer)
+    loss = reduce_loss(hinge, keep, reduction=reduction, normalizer=normalizer)
     metrics = {
         "contrastive/loss": loss.item(),
         "contrastive/violation_fraction": masked_mean((hinge.detach() > 0).to(dtype), keep).item(),

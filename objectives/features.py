@@ -3,8 +3,9 @@
     L_feat = Σ_t m_t · mean_h (h_S,t,h − h_T,t,h)² / N
 
 on the last decoder output (after the final norm), aligned like the logits. The teacher's states are
-constants; N is the loss-token count of the batch or the trainer's `normalizer` (the reference takes
-a per-sequence mean first). Used alone (`repr`) or added to the divergence (`joint`).
+constants; N is the loss-token count (``reduction="token"``), or the term is the mean over sequences
+of each sequence's token mean (``"sequence"``, the reference); the trainer passes the optimizer
+step's N as `normalizer` (`objectives.reduction`). Used alone (`repr`) or added to the divergence (`joint`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from objectives.masking import as_bool_mask, check_same_shape, compute_dtype, masked_mean, token_denominator
+from objectives.masking import as_bool_mask, check_same_shape, compute_dtype, masked_mean
+from objectives.reduction import Reduction, reduce_loss
 
 __all__ = ["feature_matching"]
 
@@ -22,6 +24,7 @@ def feature_matching(
     teacher_hidden: Tensor,
     mask: Tensor,
     *,
+    reduction: Reduction = "token",
     normalizer: float | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Masked MSE: student_hidden (B, T, H), teacher_hidden (B, T, H), mask (B, T) -> scalar.
@@ -35,8 +38,7 @@ def feature_matching(
     student = student_hidden.to(dtype)
     teacher = teacher_hidden.detach().to(dtype)
     per_token = (student - teacher).pow(2).mean(-1)
-    zero = torch.zeros((), dtype=dtype, device=per_token.device)
-    loss = torch.where(keep, per_token, zero).sum() / token_denominator(keep.sum(), normalizer)
+    loss = reduce_loss(per_token, keep, reduction=reduction, normalizer=normalizer)
     with torch.no_grad():
         cosine = torch.nn.functional.cosine_similarity(student, teacher, dim=-1)
         metrics = {"features/mse": loss.item(), "features/cosine": masked_mean(cosine, keep).item()}

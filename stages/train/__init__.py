@@ -31,7 +31,7 @@ from stages.train.config import (
 from stages.train.loop import StepCallback, fit, save, setup
 from storage import StageSpec, Workspace
 
-SPEC = StageSpec(name="train", version=1,
+SPEC = StageSpec(name="train", version=2,
                  inputs={"examples": schemas.EXAMPLES, "contexts": schemas.CONTEXTS, "negatives": schemas.NEGATIVES},
                  outputs={"train_steps": schemas.TRAIN_STEPS, "rollouts": schemas.ROLLOUTS})
 

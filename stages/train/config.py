@@ -163,6 +163,13 @@ class AgreementSettings:
     """token: cap on the normalised disagreement d̂."""
     floor: float = 0.01
     """token: smallest weight."""
+    normalize: Literal["weight_sum", "count"] = "weight_sum"
+    """Denominator of the weighted divergence term. weight_sum (default, the reference's normaliser):
+    Σ w·ℓ / Σ w over the tokens (or, with reduction=sequence, within each sequence for token weights
+    and across the step's sequences for sequence weights), so the weights only move the loss between
+    tokens and the term keeps the scale of the unweighted one; a comparison with sd at the same lr then
+    measures the reweighting, not the ~15% smaller step that a mean weight of ≈0.85 would give.
+    count: Σ w·ℓ / N, a weight w < 1 is a real reduction, so uniformly low agreement shrinks the step."""
 
     def __post_init__(self) -> None:
         _check(self.level == "none" or self.num_views >= 1,
@@ -214,7 +221,10 @@ class ClipSettings:
     max_value: float | None = None
     """Fixed cap κ (reference clip mode: 10)."""
     quantile: float | None = None
-    """Cap at this quantile of the micro-batch's per-token divergences (detached)."""
+    """Cap at this quantile of the per-token divergences of the whole optimizer step (every
+    micro-batch of this process; under DDP of every process), detached. κ and the set of clipped
+    tokens come from one extra no-grad student pass (dropout off) over the step's micro-batches
+    before the training passes, so splitting the step into micro-batches does not change them."""
 
     def __post_init__(self) -> None:
         _check(self.max_value is None or self.quantile is None, "clip.max_value and clip.quantile are exclusive")
@@ -268,6 +278,12 @@ class TrainConfig:
     groups within this budget, so short rows do not pay for the longest row's padding."""
     gradient_checkpointing: bool = False
     """Recompute activations in the student's backward (non-reentrant) to save memory on large models."""
+    reduction: Literal["token", "sequence"] = "token"
+    """How the divergence, contrastive and feature terms average over tokens. token (default): over
+    the optimizer step's loss tokens, every token weighing the same, as the cross-entropy term and
+    the GKD/TRL baselines do; a long completion carries proportionally more of the step. sequence
+    (the reference): each sequence's tokens are averaged first, then the step's sequences, so a
+    token of a short completion weighs more. Both are exact under gradient accumulation."""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """The trained adapter (or full fine-tuning)."""
     rollout: RolloutSettings = field(default_factory=RolloutSettings)

@@ -3,10 +3,12 @@
 Per optimizer step: pick the step's prompts (seeded order), sample completions from the student,
 score them with every teacher view without gradient (phase A), compute agreement weights over the
 step, then for each micro-batch run the student and back-propagate the weighted sum of terms (phase
-B), clip gradients, step AdamW and the warmup+cosine schedule, and move the EMA teacher. `accelerate`
+B), clip gradients, step AdamW and the warmup+cosine schedule, and move the EMA teacher. Everything
+a loss divides by (token and sequence counts, Σw, the quantile-clip threshold) is fixed over the whole
+step before the first student backward, so the micro-batch split never changes the step. `accelerate`
 places the model and, under `accelerate launch`, runs DDP: each process takes its share of the step's
-prompts, the loss normaliser is the token count summed over processes, and the loss is scaled by the
-process count because DDP averages gradients.
+prompts, the denominators are summed over processes (the clip threshold is the quantile over every
+process's tokens), and the loss is scaled by the process count because DDP averages gradients.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ from stages.train import checkpoint as ckpt
 from stages.train.batches import BatchContext, completion_ids, generate, micro_batches
 from stages.train.config import LoraSettings, TrainConfig
 from stages.train.data import PromptEncoder, TrainItem, attach_views, select_examples, step_indices
-from stages.train.step import Normalizers, agreement_weights, loss_terms, score
+from stages.train.step import (
+    DENOMINATORS,
+    Normalizers,
+    agreement_weights,
+    clip_threshold,
+    clip_values,
+    denominators,
+    loss_terms,
+    score,
+)
 from stages.train.teachers import Teachers, head_weight
 from storage import Workspace
 from storage.attempts import reset_rss_peak, rss_peak_mb
@@ -167,7 +178,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     completions = generate(ctx, items, step) if cfg.on_policy else None
     generated = time.perf_counter()
     batches = micro_batches(ctx, items, completions, step)
-    norm = _normalizers(acc, batches)
+    weight = head_weight(run.student)
     run.student.eval()
     with acc.autocast():
         scores = [score(mb, run.teachers, cfg, is_log, run.score_bf16) if cfg.needs_teacher else None
@@ -175,8 +186,13 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     weights, metrics = (agreement_weights(cfg, batches, scores) if cfg.needs_teacher
                         else ([(None, None)] * len(batches), {}))
     scored = time.perf_counter()
+    norm = step_normalizers(acc, cfg, batches, weights)
+    if cfg.needs_teacher and cfg.clip.quantile is not None:
+        with acc.autocast():
+            values = clip_values(run.student, weight, batches, scores, cfg)
+        norm.clip_threshold = clip_threshold(cfg, [_gather_values(acc, torch.cat(values))])
     run.student.train()
-    parts, loss_value, weight = [], 0.0, head_weight(run.student)
+    parts, loss_value = [], 0.0
     for i, (mb, sc, w) in enumerate(zip(batches, scores, weights)):
         sync = acc.no_sync(run.model) if i < len(batches) - 1 else nullcontext()
         with sync, acc.autocast():
@@ -208,13 +224,24 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     return row, samples
 
 
-def _normalizers(acc, batches) -> Normalizers:
-    tokens = sum(int(mb.mask.sum()) for mb in batches if mb.mask is not None)
-    gold = sum(int(mb.gold_mask.sum()) for mb in batches if mb.gold_mask is not None)
-    counts = torch.tensor([tokens, gold], dtype=torch.float64, device=acc.device)
+def step_normalizers(acc, cfg: TrainConfig, batches, weights) -> Normalizers:
+    """The step's loss denominators (`step.denominators`), summed over processes."""
+    local = denominators(cfg, batches, weights)
+    sums = torch.tensor([local[k] for k in DENOMINATORS], dtype=torch.float64, device=acc.device)
     if acc.num_processes > 1:
-        counts = acc.reduce(counts, reduction="sum")
-    return Normalizers(tokens=max(float(counts[0]), 1.0), gold=max(float(counts[1]), 1.0), count=float(counts[0]))
+        sums = acc.reduce(sums, reduction="sum")
+    return Normalizers.from_sums(dict(zip(DENOMINATORS, sums.tolist())))
+
+
+def _gather_values(acc, values: torch.Tensor) -> torch.Tensor:
+    """Every process's 1-D `values`, concatenated (lengths may differ between processes)."""
+    if acc.num_processes == 1:
+        return values
+    from accelerate.utils import pad_across_processes
+
+    padded = pad_across_processes(values.double()[None], dim=1, pad_index=float("nan"))[0]
+    gathered = acc.gather(padded)
+    return gathered[~torch.isnan(gathered)]
 
 
 def _clip(run: Run) -> float:

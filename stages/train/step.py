@@ -9,10 +9,16 @@ student forward, so token-level agreement weights are normalised over the whole 
 gradient accumulation does not change them.
 
 Phase B (`loss_terms`) runs the student on [x; y] with gradient and builds the terms of the
-REFERENCE §2.7 objective, each divided by the completion-token count of the whole optimizer step
-(counted after generation), so micro-batches sum to the full-batch loss:
+REFERENCE §2.7 objective. Each term's denominator is summed over the whole optimizer step before any
+student forward (`denominators`; tokens counted after generation), so micro-batches sum to the
+full-batch loss whatever their lengths:
 
-    L = w_div · Σ_t w_t·min(ℓ_t, κ) / N  +  λ_c · L_con  +  λ_f · L_feat  +  λ_sft · L_CE
+    L = w_div · Σ_t w_t·min(ℓ_t, κ) / D_div  +  λ_c · L_con  +  λ_f · L_feat  +  λ_sft · L_CE
+
+D_div is the step's loss-token count (`reduction=token`) or sequence count (`sequence`), or under
+`agreement.normalize=weight_sum` the step's Σw over those; the contrastive term counts only the rows
+that have a bad teacher. With `clip.quantile`, κ is the quantile over the step's tokens
+(`clip_threshold`): a no-grad student pass in phase A gives every micro-batch's divergences first.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from objectives import (
     weighted_token_mean,
 )
 from objectives.chunked import chunked_head_apply
+from objectives.clipping import divergence_quantile
 from objectives.divergence import topk_token_divergence
+from objectives.reduction import loss_denominator
 from stages.train.config import TrainConfig
 from stages.train.data import Packed
 from stages.train.teachers import Teachers, head_weight
@@ -69,16 +77,43 @@ class Scores:
     contrast_mask: Tensor | None = None  # (N,) bool, tokens of rows with a negative view
     view_logps: Tensor | None = None  # (K, B, T)
     start_logps: Tensor | None = None  # (N,) θ0 on [x; y] at τ = 1
+    clip_values: Tensor | None = None  # (N,) no-grad student divergences (clip.quantile: which tokens to clip)
+
+
+DENOMINATORS = ("tokens", "gold", "divergence", "contrastive", "features")
+"""The step-wide sums every micro-batch's loss divides by (`denominators`, in this order)."""
 
 
 @dataclass
 class Normalizers:
+    """Denominators of the loss terms over the whole optimizer step (all micro-batches, all processes).
+
+    A sum that is 0 (nothing to average) is stored as 1; its term's numerator is 0 then.
+    """
+
     tokens: float
-    """Completion (loss) tokens of the whole optimizer step, over all processes (≥ 1)."""
+    """Completion (loss) tokens of the step: the SSD cross-entropy's denominator."""
     gold: float
-    """Gold-reference tokens of the step (SFT term), over all processes (≥ 1)."""
+    """Gold-reference tokens of the step (SFT term)."""
     count: float = 0.0
     """The raw completion-token count (0 when every completion was masked)."""
+    divergence: float | None = None
+    """The divergence term's: tokens or sequences (`reduction`), or their Σw (`agreement.normalize`);
+    None = `tokens`."""
+    contrastive: float | None = None
+    """The contrastive term's: tokens or sequences of the rows that have a bad teacher; None = `tokens`."""
+    features: float | None = None
+    """The feature term's: tokens or sequences; None = `tokens`."""
+    clip_threshold: float | None = None
+    """κ of `clip.quantile` over the step's loss tokens (`clip_threshold`)."""
+
+    @classmethod
+    def from_sums(cls, sums: dict[str, float]) -> Normalizers:
+        """From the step's summed `denominators` (a 0 becomes 1)."""
+        nonzero = {k: (v if v > 0 else 1.0) for k, v in sums.items()}
+        return cls(tokens=nonzero["tokens"], gold=nonzero["gold"], count=sums["tokens"],
+                   divergence=nonzero["divergence"], contrastive=nonzero["contrastive"],
+                   features=nonzero["features"])
 
 
 def completion_hidden(model: nn.Module, packed: Packed, steps: int, *, bare: bool = False) -> Tensor:
@@ -187,8 +222,10 @@ def score(mb: MicroBatch, teachers: Teachers, cfg: TrainConfig, with_start: bool
         if mb.aux is not None:
             k = mb.aux.ids.shape[0] // mask.shape[0]
             tokens, view_mask = mb.tokens.repeat(k, 1), mask.repeat(k, 1)
-            logps = torch.zeros(view_mask.shape, dtype=torch.float32, device=mask.device)
-            logps[view_mask] = _view_logps(teacher, weight, mb.aux, tokens, view_mask, tau, chunk, bf16, budget).float()
+            values = _view_logps(teacher, weight, mb.aux, tokens, view_mask, tau, chunk, bf16, budget)
+            dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+            logps = torch.zeros(view_mask.shape, dtype=dtype, device=mask.device)
+            logps[view_mask] = values.to(dtype)
             out.view_logps = logps.reshape(k, *mask.shape)
     if with_start:
         with teachers.start() as start:
@@ -230,6 +267,51 @@ def agreement_weights(cfg: TrainConfig, batches: list[MicroBatch],
     return [(None, p) for p in per], metrics
 
 
+def denominators(cfg: TrainConfig, batches: list[MicroBatch],
+                 weights: list[tuple[Tensor | None, Tensor | None]]) -> dict[str, float]:
+    """This process's share of every `DENOMINATORS` sum over the step's micro-batches (unclamped).
+
+    Sum them over processes and pass `Normalizers.from_sums`: each micro-batch's term divided by the
+    step's total then adds up to the full-batch term.
+    """
+    out = dict.fromkeys(DENOMINATORS, 0.0)
+    red, norm = cfg.reduction, cfg.agreement.normalize
+    for mb, (token_w, seq_w) in zip(batches, weights):
+        if mb.gold_mask is not None:
+            out["gold"] += float(mb.gold_mask.sum())
+        if mb.mask is None:
+            continue
+        out["tokens"] += float(mb.mask.sum())
+        out["divergence"] += float(loss_denominator(mb.mask, token_w, seq_w, reduction=red, normalize=norm))
+        out["features"] += float(loss_denominator(mb.mask, reduction=red))
+        if mb.negative_rows is not None:
+            keep = mb.mask & mb.negative_rows[:, None]
+            out["contrastive"] += float(loss_denominator(keep, reduction=red))
+    return out
+
+
+@torch.no_grad()
+def clip_values(model: nn.Module, weight: Tensor, batches: list[MicroBatch], scores: list[Scores],
+                cfg: TrainConfig) -> list[Tensor]:
+    """Per-token divergences (n_i,) of every micro-batch from a no-grad pass of the student (`model`,
+    unwrapped, in eval mode: no dropout), stored in `Scores.clip_values` and returned.
+
+    `clip_threshold` of their union is the step's κ; a token is clipped when its value here is above κ,
+    so κ and the clipped set do not depend on how the step is cut into micro-batches.
+    """
+    out = []
+    for mb, sc in zip(batches, scores):
+        hidden = scoring_hidden(model, mb.student, mb.tokens.shape[1], False, cfg.score_batch_tokens)[mb.mask]
+        sc.clip_values = divergence_values(hidden.to(weight.dtype), weight, sc, cfg)
+        out.append(sc.clip_values)
+    return out
+
+
+def clip_threshold(cfg: TrainConfig, values: list[Tensor]) -> float:
+    """κ = the clip.quantile of the step's per-token divergences (inf without loss tokens)."""
+    return divergence_quantile(values, cfg.clip.quantile)
+
+
 def divergence_values(rows: Tensor, weight: Tensor, scores: Scores, cfg: TrainConfig) -> Tensor:
     """Per-token divergence (N,) of student rows (N, H) against the teacher rows, token-chunked."""
     d = cfg.divergence
@@ -264,24 +346,25 @@ def loss_terms(model: nn.Module, weight: Tensor, mb: MicroBatch, scores: Scores 
         rows = completion_hidden(model, mb.student, mb.tokens.shape[1])[mask]  # (N, H)
         w_div = cfg.divergence_weight
         values = divergence_values(rows if w_div else rows.detach(), weight, scores, cfg)
-        per_token = torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
-        clipped, clip_metrics = clip_divergence(per_token, mask, max_value=cfg.clip.max_value,
-                                                quantile=cfg.clip.quantile)
+        clipped, clip_metrics = _clip(_rows(values, mask), mask, scores, cfg, norm)
         if cfg.clip.max_value is not None or cfg.clip.quantile is not None:
             metrics["train/clip/fraction"] = clip_metrics["clip/fraction"]
-        kd, _ = weighted_token_mean(clipped, mask, weights[0], weights[1], normalizer=norm.tokens)
+        kd, _ = weighted_token_mean(clipped, mask, weights[0], weights[1], reduction=cfg.reduction,
+                                    normalize=cfg.agreement.normalize, normalizer=_or(norm.divergence, norm.tokens))
         terms.append(("divergence", w_div, kd))
         if cfg.contrastive.weight > 0:
             student_logps = chunked_gather_logps(rows, weight, tokens, temperature=cfg.divergence.temperature,
                                                  chunk_size=cfg.divergence.chunk_size)
-            con, m = token_contrastive(student_logps, scores.good_logps, scores.bad_logps, scores.contrast_mask,
-                                       margin=cfg.contrastive.margin, normalizer=norm.tokens)
+            con, m = token_contrastive(_rows(student_logps, mask), _rows(scores.good_logps, mask),
+                                       _rows(scores.bad_logps, mask), mask & mb.negative_rows[:, None],
+                                       margin=cfg.contrastive.margin, reduction=cfg.reduction,
+                                       normalizer=_or(norm.contrastive, norm.tokens))
             terms.append(("contrastive", cfg.contrastive.weight, con))
             metrics["train/contrastive/violation_fraction"] = m["contrastive/violation_fraction"]
             metrics["train/contrastive/gap_mean"] = m["contrastive/gap_mean"]
         if cfg.features.mode != "none":
-            feat, m = feature_matching(rows, scores.teacher_hidden, torch.ones_like(tokens, dtype=torch.bool),
-                                       normalizer=norm.tokens)
+            feat, m = feature_matching(_rows(rows, mask), _rows(scores.teacher_hidden, mask), mask,
+                                       reduction=cfg.reduction, normalizer=_or(norm.features, norm.tokens))
             terms.append(("features", cfg.features.weight, feat))
             metrics["train/features/cosine"] = m["features/cosine"]
         if scores.start_logps is not None:
@@ -299,6 +382,28 @@ def loss_terms(model: nn.Module, weight: Tensor, mb: MicroBatch, scores: Scores 
     loss, combined = combine(terms, prefix="train/loss")
     combined.pop("train/loss/total")
     return loss, {**combined, **metrics}
+
+
+def _rows(values: Tensor, mask: Tensor) -> Tensor:
+    """Loss-token values (N, ...) back in the micro-batch layout (B, T, ...), zeros elsewhere."""
+    return values.new_zeros((*mask.shape, *values.shape[1:])).index_put((mask,), values)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _clip(per_token: Tensor, mask: Tensor, scores: Scores, cfg: TrainConfig,
+          norm: Normalizers) -> tuple[Tensor, dict[str, float]]:
+    """The divergence cap on (B, T) values: fixed, or the step's quantile κ, the clipped tokens chosen by
+    their `clip_values` (the values κ was computed from)."""
+    if cfg.clip.quantile is None:
+        return clip_divergence(per_token, mask, max_value=cfg.clip.max_value)
+    if norm.clip_threshold is None or scores.clip_values is None:
+        raise ValueError("clip.quantile needs the optimizer step's threshold: run clip_values and clip_threshold "
+                         "over all of the step's micro-batches first")
+    return clip_divergence(per_token, mask, threshold=norm.clip_threshold,
+                           reference=_rows(scores.clip_values.to(per_token.dtype), mask))
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from objectives.agreement import sequence_agreement_weights, token_agreement_weights, weighted_token_mean
+from objectives.reduction import loss_denominator
 
 
 def _views(k: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -115,8 +116,8 @@ def test_sequence_weight_matters_unlike_the_reference_normalisation() -> None:
     ref_full = _reference_kd(per_token, mask, full)
     ref_half = _reference_kd(per_token, mask, half)
     assert ref_full.item() == pytest.approx(ref_half.item(), rel=1e-12)  # the §8.2 defect
-    seq_full, _ = weighted_token_mean(per_token, mask, seq_weights=full, normalize="sequence")
-    seq_half, _ = weighted_token_mean(per_token, mask, seq_weights=half, normalize="sequence")
+    seq_full, _ = weighted_token_mean(per_token, mask, seq_weights=full, reduction="sequence")
+    seq_half, _ = weighted_token_mean(per_token, mask, seq_weights=half, reduction="sequence")
     assert (seq_full - seq_half).item() == pytest.approx(0.5 * per_token[1].mean().item() / 3, rel=1e-12)
 
 
@@ -131,42 +132,63 @@ def test_token_weights_closed_form() -> None:
     assert metrics["reduce/tokens"] == 4.0
 
 
-@pytest.mark.parametrize("normalize", ["batch_tokens", "sequence"])
-def test_gradient_accumulation_with_global_normalizer_equals_full_batch(normalize: str) -> None:
+def test_weight_sum_normaliser_closed_form() -> None:
+    """Σw normaliser (the reference's): token level Σ w·ℓ / Σ w; per sequence, token weights within the
+    sequence and sequence weights across sequences."""
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    tok = torch.tensor([[0.5, 1.0, 0.1], [1.0, 0.2, 0.25]], dtype=torch.float64)
+    seq = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    value, _ = weighted_token_mean(per_token, mask, tok, seq, normalize="weight_sum")
+    assert value.item() == pytest.approx((0.5 + 2.0 + 2 * 4.0 + 2 * 0.25 * 6.0) / (0.5 + 1.0 + 2 * 1.0 + 2 * 0.25))
+    count, _ = weighted_token_mean(per_token, mask, tok, seq, normalize="count")
+    assert count.item() == pytest.approx((0.5 + 2.0 + 2 * 4.0 + 2 * 0.25 * 6.0) / 4)
+    first, second = (0.5 * 1 + 1.0 * 2) / 1.5, (1.0 * 4 + 0.25 * 6) / 1.25
+    per_seq, _ = weighted_token_mean(per_token, mask, tok, seq, reduction="sequence", normalize="weight_sum")
+    assert per_seq.item() == pytest.approx((1.0 * first + 2.0 * second) / 3.0)
+    per_seq_count, _ = weighted_token_mean(per_token, mask, tok, seq, reduction="sequence", normalize="count")
+    assert per_seq_count.item() == pytest.approx((1.0 * (0.5 + 2.0) / 2 + 2.0 * (4.0 + 1.5) / 2) / 2)
+    # uniform weights: weight_sum gives the unweighted mean back, count shrinks by the weight
+    half = torch.full_like(per_token, 0.5)
+    plain, _ = weighted_token_mean(per_token, mask)
+    assert weighted_token_mean(per_token, mask, half, normalize="weight_sum")[0].item() == pytest.approx(plain.item())
+    assert weighted_token_mean(per_token, mask, half, normalize="count")[0].item() == pytest.approx(0.5 * plain.item())
+
+
+def test_sequence_reduction_averages_rows_that_have_tokens() -> None:
+    per_token = torch.tensor([[1.0, 3.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    value, _ = weighted_token_mean(per_token, mask, reduction="sequence")
+    assert value.item() == pytest.approx((2.0 + 5.0) / 2)  # the empty third row neither adds nor divides
+    token, _ = weighted_token_mean(per_token, mask)
+    assert token.item() == pytest.approx(9.0 / 3)
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+@pytest.mark.parametrize("normalize", ["count", "weight_sum"])
+def test_gradient_accumulation_with_global_normalizer_equals_full_batch(reduction: str, normalize: str) -> None:
+    """Micro-batches of uneven lengths divided by the summed `loss_denominator` add up to the full batch."""
     generator = torch.Generator().manual_seed(1)
     per_token = torch.rand(8, 6, generator=generator, dtype=torch.float64).requires_grad_()
     mask = torch.rand(8, 6, generator=generator) > 0.4
     mask[:, 0] = True
+    mask[3] = False  # a row without loss tokens
     token_weights = torch.rand(8, 6, generator=generator, dtype=torch.float64)
     seq_weights = torch.rand(8, generator=generator, dtype=torch.float64)
-    full, _ = weighted_token_mean(per_token, mask, token_weights, seq_weights, normalize=normalize)
+    kw = {"reduction": reduction, "normalize": normalize}
+    full, _ = weighted_token_mean(per_token, mask, token_weights, seq_weights, **kw)
     (full_grad,) = torch.autograd.grad(full, per_token)
-    normalizer = mask.sum() if normalize == "batch_tokens" else 8
-    micro = [
-        weighted_token_mean(
-            per_token[i : i + 2],
-            mask[i : i + 2],
-            token_weights[i : i + 2],
-            seq_weights[i : i + 2],
-            normalize=normalize,
-            normalizer=normalizer,
-        )[0]
-        for i in range(0, 8, 2)
-    ]
+    parts = [slice(i, i + 2) for i in range(0, 8, 2)]
+    normalizer = sum(loss_denominator(mask[p], token_weights[p], seq_weights[p], **kw) for p in parts)
+    micro = [weighted_token_mean(per_token[p], mask[p], token_weights[p], seq_weights[p], normalizer=normalizer,
+                                 **kw)[0] for p in parts]
     accumulated = sum(micro)
     (micro_grad,) = torch.autograd.grad(accumulated, per_token)
     assert accumulated.item() == pytest.approx(full.item(), rel=1e-12)
     assert torch.allclose(micro_grad, full_grad, atol=1e-15)
-    if normalize == "batch_tokens":  # local means would not add up (uneven token counts)
-        local = (
-            sum(
-                weighted_token_mean(per_token[i : i + 2], mask[i : i + 2], token_weights[i : i + 2])[0]
-                for i in range(0, 8, 2)
-            )
-            / 4
-        )
-        unweighted_full, _ = weighted_token_mean(per_token, mask, token_weights)
-        assert local.item() != pytest.approx(unweighted_full.item(), rel=1e-6)
+    local = sum(weighted_token_mean(per_token[p], mask[p], token_weights[p], seq_weights[p], **kw)[0]
+                for p in parts) / 4
+    assert local.item() != pytest.approx(full.item(), rel=1e-6)  # local means would not add up
 
 
 def test_weighted_mean_masked_positions_inert_and_gradcheck() -> None:
@@ -196,5 +218,9 @@ def test_invalid_arguments() -> None:
         token_agreement_weights(views, torch.ones(3), gamma=1.0)
     with pytest.raises(ValueError, match="normalize"):
         weighted_token_mean(torch.ones(2, 2), torch.ones(2, 2), normalize="tokens")
+    with pytest.raises(ValueError, match="reduction"):
+        weighted_token_mean(torch.ones(2, 2), torch.ones(2, 2), reduction="batch")
+    with pytest.raises(ValueError, match="needs \\(B, T\\)"):
+        weighted_token_mean(torch.ones(4), torch.ones(4), reduction="sequence")
     with pytest.raises(ValueError, match="seq_weights"):
         weighted_token_mean(torch.ones(2, 2), torch.ones(2, 2), seq_weights=torch.ones(3))

@@ -51,3 +51,34 @@ def test_argument_rules() -> None:
         clip_divergence(per_token, torch.ones(4), quantile=1.5)
     same, metrics = clip_divergence(per_token, torch.ones(4))
     assert same is per_token and metrics["clip/fraction"] == 0.0
+
+
+def test_step_threshold_is_the_quantile_over_every_micro_batch() -> None:
+    from objectives.clipping import divergence_quantile
+
+    generator = torch.Generator().manual_seed(2)
+    parts = [torch.rand(n, generator=generator, dtype=torch.float64) * (i + 1) for i, n in enumerate((3, 9, 1, 5))]
+    kappa = divergence_quantile(parts, 0.7)
+    assert kappa == pytest.approx(torch.quantile(torch.cat(parts), 0.7).item(), rel=1e-12)
+    # each micro-batch clipped at the step's κ == the whole step clipped at once (values and gradients)
+    whole = torch.cat(parts).requires_grad_()
+    clipped_whole, _ = clip_divergence(whole, torch.ones_like(whole, dtype=torch.bool), quantile=0.7)
+    (g_whole,) = torch.autograd.grad(clipped_whole.sum(), whole)
+    leaves = [p.clone().requires_grad_() for p in parts]
+    pieces = [clip_divergence(p, torch.ones_like(p, dtype=torch.bool), threshold=kappa)[0] for p in leaves]
+    grads = torch.autograd.grad(sum(x.sum() for x in pieces), leaves)
+    assert torch.allclose(torch.cat(pieces), clipped_whole) and torch.equal(torch.cat(grads), g_whole)
+    per_batch = torch.cat([clip_divergence(p, torch.ones_like(p, dtype=torch.bool), quantile=0.7)[0] for p in parts])
+    assert not torch.allclose(per_batch, clipped_whole)  # a micro-batch quantile would clip differently
+    assert divergence_quantile([torch.zeros(0)], 0.7) == float("inf")
+
+
+def test_reference_values_decide_which_tokens_are_clipped() -> None:
+    per_token = torch.tensor([1.0, 2.0 + 1e-12, 3.0], dtype=torch.float64, requires_grad=True)
+    reference = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    clipped, metrics = clip_divergence(per_token, torch.ones(3, dtype=torch.bool), threshold=2.0, reference=reference)
+    (grad,) = torch.autograd.grad(clipped.sum(), per_token)
+    assert grad.tolist() == [1.0, 1.0, 0.0]  # the token at κ by its reference value keeps its gradient
+    assert clipped.tolist() == [1.0, 2.0 + 1e-12, 2.0] and metrics["clip/fraction"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="either"):
+        clip_divergence(per_token, torch.ones(3), quantile=0.5, threshold=2.0)

@@ -64,3 +64,35 @@ def test_invalid_arguments() -> None:
         token_contrastive(_t([0.0]), _t([0.0, 1.0]), _t([0.0]), torch.ones(1))
     with pytest.raises(ValueError, match="margin"):
         token_contrastive(_t([0.0]), _t([0.0]), _t([0.0]), torch.ones(1), margin=-1.0)
+
+
+def test_rows_without_a_negative_neither_add_nor_divide() -> None:
+    """A row outside the mask (no bad teacher) leaves the term and the other rows' gradient unchanged."""
+    generator = torch.Generator().manual_seed(3)
+    student = -torch.rand(3, 4, generator=generator, dtype=torch.float64) * 3
+    good, bad = (-torch.rand(3, 4, generator=generator, dtype=torch.float64) * 3 for _ in range(2))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    has_negative = torch.tensor([True, True, False])
+    for reduction in ("token", "sequence"):
+        two = student[:2].clone().requires_grad_()
+        alone, _ = token_contrastive(two, good[:2], bad[:2], mask[:2], margin=2.0, reduction=reduction)
+        (grad_alone,) = torch.autograd.grad(alone, two)
+        three = student.clone().requires_grad_()
+        mixed, _ = token_contrastive(three, good, bad, mask & has_negative[:, None], margin=2.0, reduction=reduction)
+        (grad_mixed,) = torch.autograd.grad(mixed, three)
+        assert alone.item() > 0 and mixed.item() == pytest.approx(alone.item(), rel=1e-12)
+        assert torch.allclose(grad_mixed[:2], grad_alone) and bool((grad_mixed[2] == 0).all())
+
+
+def test_sequence_reduction_is_the_mean_of_row_means() -> None:
+    student, good = _t([[-1.0, -1.0, -1.0], [-1.0, 0.0, 0.0]]), _t([[-1.0, -1.0, -1.0], [-1.0, 0.0, 0.0]])
+    bad = _t([[-1.0, -1.0, -1.0], [-1.0, 0.0, 0.0]])  # gap 0 everywhere: hinge = margin on every token
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    hinge = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.0, 0.0]])
+    assert hinge.sum().item() / 4 == token_contrastive(student, good, bad, mask, margin=0.5)[0].item()
+    student = _t([[-1.0, -1.0, -1.0], [-1.0, 0.0, 0.0]])
+    bad = _t([[-3.0, -1.0, -1.0], [-1.0, 0.0, 0.0]])  # token (0, 0) satisfied: gap 2 > μ
+    token, _ = token_contrastive(student, good, bad, mask, margin=0.5)
+    sequence, _ = token_contrastive(student, good, bad, mask, margin=0.5, reduction="sequence")
+    assert token.item() == pytest.approx((0.0 + 0.5 + 0.5 + 0.5) / 4)
+    assert sequence.item() == pytest.approx(((0.0 + 0.5 + 0.5) / 3 + 0.5) / 2)

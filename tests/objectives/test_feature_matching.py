@@ -51,3 +51,26 @@ def test_gradcheck() -> None:
 def test_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="teacher_hidden"):
         feature_matching(_hidden(0), _hidden(0)[:, :2], torch.ones(2, 3))
+
+
+def test_sequence_reduction_is_the_mean_of_row_means_and_adds_up_over_micro_batches() -> None:
+    from objectives.reduction import loss_denominator
+
+    generator = torch.Generator().manual_seed(5)
+    student = torch.randn(4, 5, 3, generator=generator, dtype=torch.float64).requires_grad_()
+    teacher = torch.randn(4, 5, 3, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    per_token = (student - teacher).pow(2).mean(-1)
+    expected = torch.stack([per_token[b][mask[b]].mean() for b in range(4)]).mean()
+    full, _ = feature_matching(student, teacher, mask, reduction="sequence")
+    assert full.item() == pytest.approx(expected.item(), rel=1e-12)
+    token, _ = feature_matching(student, teacher, mask)
+    assert token.item() == pytest.approx(per_token[mask].mean().item(), rel=1e-12)
+    for reduction in ("token", "sequence"):
+        whole, _ = feature_matching(student, teacher, mask, reduction=reduction)
+        (g_full,) = torch.autograd.grad(whole, student)
+        n = sum(loss_denominator(mask[i:i + 2], reduction=reduction) for i in (0, 2))
+        parts = sum(feature_matching(student[i:i + 2], teacher[i:i + 2], mask[i:i + 2], reduction=reduction,
+                                     normalizer=n)[0] for i in (0, 2))
+        (g_parts,) = torch.autograd.grad(parts, student)
+        assert parts.item() == pytest.approx(whole.item(), rel=1e-12) and torch.allclose(g_parts, g_full)

@@ -65,3 +65,29 @@ def test_fixture_tables_conform():
     table = examples_table()
     assert table.num_rows == 15
     assert set(table.column("family").to_pylist()) == {"mcqa", "math", "code"}
+
+
+def eos_prone_model(src, dst, scale: float = 6.0):
+    """A copy of the tiny random model whose completions end at EOS after uneven numbers of tokens.
+
+    The tied EOS embedding row is set to `scale` × a seeded direction pointing away from the hidden
+    state that ends a chat prompt, so EOS is rarely the first token but likely after a few: real
+    sampled completions of different lengths, some finished, some cut at max_new_tokens.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engines.generation import chat_ids
+
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src).eval()
+    with torch.no_grad():
+        ends = [model(input_ids=torch.tensor([chat_ids(tok, f"What is item {i}? Answer briefly.")]),
+                      output_hidden_states=True).hidden_states[-1][0, -1] for i in range(8)]
+        d = torch.stack(ends).mean(0)
+        d = d / d.norm()
+        u = torch.randn(d.shape[0], generator=torch.Generator().manual_seed(0))
+        u = u - (u @ d) * d - 0.5 * d
+        model.get_output_embeddings().weight[tok.eos_token_id] = scale * u / u.norm()
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return dst

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_train_fixtures import examples_table, single_thread  # noqa: F401 (autouse fixture)
+from test_train_fixtures import eos_prone_model, examples_table, single_thread  # noqa: F401 (autouse fixture)
 
 import schemas
 from engines.generation import PromptTooLong
@@ -18,6 +18,7 @@ from stages.negatives import LLMSource, NegativesConfig, WordNetSource
 from stages.negatives import run as build_negatives
 from stages.train import (
     AgreementSettings,
+    ClipSettings,
     ContrastiveSettings,
     FeatureSettings,
     LoraSettings,
@@ -56,6 +57,11 @@ def model_cfg(tiny_model_dir):
     return ModelConfig(path=str(tiny_model_dir))
 
 
+def _with_reduction(cfg, reduction):
+    """`cfg` with the divergence, contrastive and feature terms reduced per token or per sequence."""
+    return cfg if reduction == "token" else dataclasses.replace(cfg, reduction=reduction)
+
+
 def _adapter(student) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in student.named_parameters() if ".default." in n}
 
@@ -84,14 +90,24 @@ def test_parameters_change_loss_finite_tables_conform(model_cfg, tables, tmp_pat
     assert out["rollouts"].num_rows == 2 * BASE.rollout.log_samples
 
 
-def test_token_count_is_taken_after_generation(model_cfg, tables, tmp_path):
-    rows = []
-    _train(dataclasses.replace(BASE, steps=1), model_cfg, tables, tmp_path,
-           on_step=lambda s, row, student: rows.append(row))
-    metrics = rows[0]["metrics"]
-    # tiny random model: completions run to max_new_tokens (no EOS), 2 prompts -> 12 loss tokens
-    assert metrics["train/tokens/completion"] == 12
-    assert metrics["train/rollout/truncated_fraction"] == 1.0
+@pytest.fixture(scope="module")
+def eos_model_cfg(tiny_model_dir, tmp_path_factory):
+    """The tiny model with completions that end at EOS after uneven lengths (test_train_fixtures)."""
+    return ModelConfig(path=str(eos_prone_model(tiny_model_dir, tmp_path_factory.mktemp("eos-model"))))
+
+
+def test_token_count_is_taken_after_generation(eos_model_cfg, tables, tmp_path):
+    """The loss normaliser counts the tokens actually generated (EOS included), not batch × max_new_tokens."""
+    cfg = dataclasses.replace(BASE, steps=1, batch_size=4,
+                              rollout=dataclasses.replace(BASE.rollout, max_new_tokens=12, log_samples=4))
+    out = _train(cfg, eos_model_cfg, tables, tmp_path)
+    metrics = dict(out["train_steps"].to_pylist()[0]["metrics"])
+    samples = out["rollouts"].to_pylist()
+    lengths = [r["num_tokens"] for r in samples]
+    assert len(samples) == 4 and any(not r["truncated"] for r in samples), samples  # some ended at EOS
+    assert len(set(lengths)) > 1 and min(lengths) < 12, lengths
+    assert metrics["train/tokens/completion"] == sum(lengths) < 4 * 12
+    assert 0.0 < metrics["train/rollout/truncated_fraction"] < 1.0
 
 
 def test_mask_truncated_drops_unfinished_completions(model_cfg, tables, tmp_path):
@@ -112,28 +128,43 @@ def test_long_prompt_is_an_error_or_a_counted_truncation(model_cfg, tables, tmp_
     assert dict(out["train_steps"].to_pylist()[0]["metrics"])["train/prompt/truncated"] >= 4
 
 
-def test_grad_accumulation_equals_one_big_batch(model_cfg, tables, tmp_path):
-    """4 prompts in one micro-batch == the same 4 prompts (same rollouts) as 4 micro-batches of 1."""
+def _step_gradients(cfg, model_cfg, tables, path):
+    """One optimizer step in float64; returns its train_steps row and the accumulated adapter gradients
+    (summed over the step's micro-batches, before gradient clipping)."""
+    run = setup(cfg, model_cfg, *tables, Workspace.create(path), "m")
+    run.student.double()
+    grads: dict[str, torch.Tensor] = {}
+    for name, p in run.student.named_parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.clone()))
+    fit(run)
+    return run.rows[0], grads, [r["num_tokens"] for r in run.rollouts]
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_grad_accumulation_equals_one_big_batch(eos_model_cfg, tables, tmp_path, reduction):
+    """4 prompts as one micro-batch == the same 4 prompts (same rollouts, uneven lengths) as 4 micro-batches
+    of 1, with every term on and the quantile clip, whose threshold is the optimizer step's."""
     results = []
     for accum in (1, 4):
-        # float32 scoring: bfloat16 rounding differs with the padded width of each micro-batch.
-        cfg = dataclasses.replace(BASE, steps=1, batch_size=4, grad_accum=accum, lr=1e-3, score_precision="float32",
-                                  **MECHANISMS)
-        run = setup(cfg, model_cfg, *tables, Workspace.create(tmp_path / str(accum)), "m")
-        start = _adapter(run.student)
-        fit(run)
-        after = _adapter(run.student)
-        results.append((run.rows[0], {n: after[n] - start[n] for n in start}))
-    (row1, delta1), (row4, delta4) = results
+        cfg = dataclasses.replace(BASE, steps=1, batch_size=4, grad_accum=accum, score_precision="float32",
+                                  rollout=dataclasses.replace(BASE.rollout, max_new_tokens=12, log_samples=4),
+                                  clip=ClipSettings(quantile=0.5), **MECHANISMS)
+        cfg = _with_reduction(cfg, reduction)
+        results.append(_step_gradients(cfg, eos_model_cfg, tables, tmp_path / str(accum)))
+    (row1, grads1, lengths1), (row4, grads4, lengths4) = results
     m1, m4 = dict(row1["metrics"]), dict(row4["metrics"])
-    assert m1["train/tokens/completion"] == m4["train/tokens/completion"] == 24
-    assert row4["loss"] == pytest.approx(row1["loss"], rel=1e-5)
+    assert lengths1 == lengths4 and len(set(lengths1)) > 1, lengths1  # the same rollouts, of uneven lengths
+    assert m1["train/tokens/completion"] == m4["train/tokens/completion"] == sum(lengths1)
+    assert 0.0 < m1["train/clip/fraction"] < 1.0
+    assert row4["loss"] == pytest.approx(row1["loss"], rel=1e-9)
     for key in ("train/loss/divergence", "train/loss/contrastive", "train/loss/features", "train/grad_norm",
-                "train/agreement/weight_mean"):
-        assert m4[key] == pytest.approx(m1[key], rel=1e-4), key
-    for name in delta1:
-        assert torch.allclose(delta1[name], delta4[name], atol=1e-3 * 1e-3), name
-    assert any(d.abs().max() > 1e-4 for d in delta1.values())
+                "train/clip/fraction"):
+        assert m4[key] == pytest.approx(m1[key], rel=1e-9), key
+    assert grads1.keys() == grads4.keys() and grads1
+    for name in grads1:
+        assert torch.allclose(grads4[name], grads1[name], rtol=1e-8, atol=1e-12), name
+    assert any(g.abs().max() > 1e-6 for g in grads1.values())
 
 
 def test_bf16_scoring_stays_close_to_float32(model_cfg, tables, tmp_path):

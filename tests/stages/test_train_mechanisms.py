@@ -38,7 +38,7 @@ from stages.train import (
     TrainConfig,
 )
 from stages.train.batches import BatchContext, choose_negative, completion_ids, generate, micro_batches
-from stages.train.loop import setup
+from stages.train.loop import setup, step_normalizers
 from stages.train.step import Normalizers, agreement_weights, divergence_values, loss_terms, score
 from stages.train.teachers import head_weight
 from storage import Workspace
@@ -109,7 +109,7 @@ def _dense(run, items, comps) -> dict:
 
 
 def _terms(run, mb, sc, cfg, weights=(None, None)):
-    norm = Normalizers(tokens=float(mb.mask.sum()), gold=1.0, count=float(mb.mask.sum()))
+    norm = step_normalizers(run.accelerator, cfg, [mb], [weights])
     with torch.no_grad():
         return loss_terms(run.model, head_weight(run.student), mb, sc, weights, cfg, norm)
 
@@ -192,21 +192,30 @@ def _view_logps(ref, k):
     return torch.cat([gather_logps(aux[k], y, temperature=TAU) for aux, y in zip(ref["aux"], ref["y"])])
 
 
-def test_token_agreement_weights_scale_each_token(prepared):
+@pytest.mark.parametrize("normalize", ["weight_sum", "count"])
+def test_token_agreement_weights_scale_each_token(prepared, normalize):
+    """weight_sum: Σ w·ℓ / Σ w (the term keeps its scale); count: Σ w·ℓ / N (the term shrinks by the mean weight)."""
     run, _, _, mb, sc, ref = prepared
+    cfg = dataclasses.replace(CFG, agreement=dataclasses.replace(CFG.agreement, normalize=normalize))
     views = torch.stack([_view_logps(ref, k) for k in range(2)])
     weights, _ = token_agreement_weights(views, torch.ones(views.shape[1], dtype=torch.bool), gamma=2.0)
-    (w,), metrics = agreement_weights(CFG, [mb], [sc])
-    _, terms = _terms(run, mb, sc, CFG, w)
+    (w,), metrics = agreement_weights(cfg, [mb], [sc])
+    _, terms = _terms(run, mb, sc, cfg, w)
     per_token = _per_token(ref)
-    assert terms["train/loss/divergence"] == pytest.approx(float((weights * per_token).mean()), rel=1e-4)
+    denominator = weights.sum() if normalize == "weight_sum" else len(per_token)
+    assert terms["train/loss/divergence"] == pytest.approx(float((weights * per_token).sum() / denominator), rel=1e-4)
     assert metrics["train/agreement/weight_min"] < 1.0
-    assert terms["train/loss/divergence"] < float(per_token.mean())
+    if normalize == "count":
+        assert terms["train/loss/divergence"] < float(per_token.mean())
 
 
-def test_sequence_weights_do_not_cancel(prepared):
+@pytest.mark.parametrize("normalize", ["count", "weight_sum"])
+def test_sequence_weights_do_not_cancel(prepared, normalize):
+    """Sequence weights matter under either normaliser: count scales each sequence's share, weight_sum
+    moves the term towards the better-agreed sequence (never a per-sequence weighted mean, §8.2)."""
     run, _, _, mb, sc, ref = prepared
-    cfg = dataclasses.replace(CFG, agreement=AgreementSettings(level="sequence", num_views=2, gamma=3e4))
+    cfg = dataclasses.replace(CFG, agreement=AgreementSettings(level="sequence", num_views=2, gamma=3e4,
+                                                               normalize=normalize))
     (w,), _ = agreement_weights(cfg, [mb], [sc])
     _, seq_w = w
     assert bool((seq_w < 1).all()) and float(seq_w.min()) < 0.99, seq_w
@@ -216,10 +225,11 @@ def test_sequence_weights_do_not_cancel(prepared):
     _, terms = _terms(run, mb, sc, cfg, w)
     rows = [token_divergence(s, t, temperature=TAU) for s, t in zip(ref["s_logits"], ref["t_logits"])]
     n = sum(len(r) for r in rows)
-    expected = sum(float(wb) * float(r.sum()) for wb, r in zip(seq_w, rows)) / n
-    assert terms["train/loss/divergence"] == pytest.approx(expected, rel=1e-4)
-    plain = float(torch.cat(rows).mean())
-    assert terms["train/loss/divergence"] < plain * 0.999
+    weighted = sum(float(wb) * float(r.sum()) for wb, r in zip(seq_w, rows))
+    denominator = n if normalize == "count" else sum(float(wb) * len(r) for wb, r in zip(seq_w, rows))
+    assert terms["train/loss/divergence"] == pytest.approx(weighted / denominator, rel=1e-4)
+    if normalize == "count":
+        assert terms["train/loss/divergence"] < float(torch.cat(rows).mean()) * 0.999
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
@@ -286,3 +296,26 @@ def test_sft_term_is_cross_entropy_on_the_gold_reference(prepared):
             nll -= float(gather_logps(logits, torch.tensor(gold)).sum())
             n += len(gold)
     assert float(loss) == pytest.approx(nll / n, rel=1e-4)
+
+
+def test_rows_without_a_negative_do_not_dilute_the_contrastive_term(prepared):
+    """Adding a row that has no bad teacher leaves the contrastive term and its gradient unchanged."""
+    run, items, comps, _, _, _ = prepared
+    cfg = dataclasses.replace(CFG, divergence=dataclasses.replace(CFG.divergence, weight=0.0),
+                              agreement=AgreementSettings(), features=FeatureSettings())
+    ctx = BatchContext(cfg, run.student, run.tokenizer, run.encoder, torch.device("cpu"))
+    without = dataclasses.replace(items[1], negatives=())
+    params = [p for p in run.student.parameters() if p.requires_grad]
+    out = []
+    for rows, completions in (([items[0]], comps[:1]), ([items[0], without], comps[:2])):
+        (mb,) = micro_batches(ctx, rows, completions, 1)
+        run.student.eval()
+        sc = score(mb, run.teachers, cfg, with_start=False)
+        norm = step_normalizers(run.accelerator, cfg, [mb], [(None, None)])
+        loss, terms = loss_terms(run.model, head_weight(run.student), mb, sc, (None, None), cfg, norm)
+        out.append((terms["train/loss/contrastive"], torch.autograd.grad(loss, params)))
+    (alone, grads_alone), (mixed, grads_mixed) = out
+    assert alone > 0
+    assert mixed == pytest.approx(alone, rel=1e-6)
+    for a, b in zip(grads_alone, grads_mixed):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
