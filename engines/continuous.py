@@ -37,6 +37,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from engines.generation import Completion, HFGenerator, PromptStats, SamplingConfig
+from engines.stops import stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class _Row:
     token_ids: list[int] = field(default_factory=list)
     finished: bool = False
     seconds: float = 0.0
+    stop_id: int | None = None
 
 
 class _Slots:
@@ -288,6 +290,7 @@ class _Run:
         self.encoded, self.sampling, self.progress = encoded, sampling, progress
         self.stop = re.compile(sampling.stop) if sampling.stop else None
         self.eos = gen.tokenizer.eos_token_id
+        self.stops = frozenset(stop_ids(gen.tokenizer))
         pad = gen.tokenizer.pad_token_id
         self.pad = self.eos if pad is None else pad
         self.device = next(gen.model.parameters()).device
@@ -346,8 +349,8 @@ class _Run:
 
     def advance(self, row: _Row, token: int) -> bool:
         """Append ``token`` to ``row``; True when the row has ended (EOS, stop regex, length limit)."""
-        if token == self.eos:
-            row.finished = True
+        if token in self.stops:
+            row.finished, row.stop_id = True, token
             return True
         row.token_ids.append(token)
         if self.stop is not None and self.stop.search(self.tokenizer.decode(row.token_ids, skip_special_tokens=True)):
@@ -358,6 +361,7 @@ class _Run:
     def report(self, rows: list[_Row]) -> None:
         for row in rows:
             text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
-            self.results[row.index] = Completion(text, row.token_ids, row.prompt_tokens, row.finished, row.seconds)
+            self.results[row.index] = Completion(text, row.token_ids, row.prompt_tokens, row.finished, row.seconds,
+                                                 row.stop_id)
         if rows and self.progress:
             self.progress(len(rows))

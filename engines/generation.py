@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from engines.stops import stop_ids
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,8 @@ class Completion:
     """True when the model emitted EOS; False when it hit max_new_tokens."""
     seconds: float
     """Wall time of the batch divided by its size."""
+    stop_id: int | None = None
+    """The end-of-sequence id the model emitted (stripped from ``token_ids``); None: none was emitted."""
 
 
 @dataclass
@@ -113,9 +117,9 @@ class HFGenerator:
             t0 = time.perf_counter()
             outs = self._generate_batch([encoded[i] for i in idx], sampling, seed=sampling.seed * 100003 + b)
             dt = (time.perf_counter() - t0) / len(idx)
-            for i, (ids, finished) in zip(idx, outs):
+            for i, (ids, finished, stop) in zip(idx, outs):
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                results[i] = Completion(text, ids, len(encoded[i]), finished, dt)
+                results[i] = Completion(text, ids, len(encoded[i]), finished, dt, stop)
             if progress:
                 progress(len(idx))
         del torch
@@ -132,8 +136,8 @@ class HFGenerator:
             input_ids[r, width - len(ids):] = torch.tensor(ids)
             attn[r, width - len(ids):] = 1
         device = next(self.model.parameters()).device
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=pad,
-                      eos_token_id=self.tokenizer.eos_token_id)
+        stops = stop_ids(self.tokenizer)
+        kwargs = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad, "eos_token_id": list(stops)}
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
@@ -145,15 +149,15 @@ class HFGenerator:
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
         new = out[:, width:].tolist()
-        eos = self.tokenizer.eos_token_id
         res = []
         for r, row in enumerate(new):
-            if eos in row:
-                res.append((row[:row.index(eos)], True))
+            end = next((j for j, t in enumerate(row) if t in stops), None)
+            if end is not None:
+                res.append((row[:end], True, row[end]))
             elif stopper is not None and stopper.stopped_at[r] is not None:
-                res.append((row[:stopper.stopped_at[r]], True))
+                res.append((row[:stopper.stopped_at[r]], True, None))
             else:
-                res.append((row, False))
+                res.append((row, False, None))
         return res
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from engines import assets
+from engines.stops import CHAT_TEMPLATES, NoChatTemplate, config_eos_ids, prepare_tokenizer
 from engines.weights import check_weights
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,17 @@ class ModelConfig:
     float32 master weights."""
     device: str = "auto"
     """`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+    chat_template: Literal["auto", "plain"] = "auto"
+    """How prompts become model input: `auto` = the tokenizer's own chat template (a model without one is
+    refused before any work, naming this setting); `plain` = the bare prompt text (for base models without
+    a template; a reply then ends with the tokenizer's eos)."""
 
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError("model.path: empty")
+        if self.chat_template not in CHAT_TEMPLATES:
+            raise ValueError(f"model.chat_template must be one of {', '.join(CHAT_TEMPLATES)}, "
+                             f"got {self.chat_template!r}")
 
     @property
     def label(self) -> str:
@@ -140,14 +148,35 @@ def precision_record(dtype: str, device: str) -> dict[str, str]:
             "torch": torch.__version__}
 
 
-def load_tokenizer(ref: str):
+def check_chat_template(cfg: ModelConfig) -> None:
+    """Refuse a local model folder without a chat template up front (unless `chat_template: plain`)."""
+    if cfg.chat_template == "plain" or cfg.path.startswith("embedded:"):
+        return
+    path = Path(resolve_path(cfg.path))
+    if not path.is_dir():
+        return  # a hub id: checked when its tokenizer loads
+    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+        return
+    tok_cfg = path / "tokenizer_config.json"
+    if tok_cfg.exists() and json.loads(tok_cfg.read_text()).get("chat_template"):
+        return
+    raise NoChatTemplate(f"model {cfg.path} has no chat template: set model.chat_template=plain to send "
+                         "prompts as plain text, or use an instruct model")
+
+
+def load_tokenizer(ref: str, chat_template: str = "auto", model_eos: object = None):
+    """The tokenizer of ``ref``, left-padded, with its chat template checked (or the plain one set) and the
+    ids that end a completion attached (`engines.stops`: the end-of-turn token and every eos id of the
+    model's generation config, ``model_eos`` or the folder's own)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_path(ref))
+    path = resolve_path(ref)
+    tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    return tok
+    eos = model_eos if model_eos is not None else config_eos_ids(path)
+    return prepare_tokenizer(tok, chat_template=chat_template, model_eos=eos, where=f"model {ref}")
 
 
 def load_model(cfg: ModelConfig, *, trainable: bool = False):
@@ -157,6 +186,7 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False):
 
     path = resolve_path(cfg.path)
     check_weights(path)  # a truncated weight file: one line naming it, not a SafetensorError
+    check_chat_template(cfg)  # before the weights load: a missing template is one line, at once
     device = pick_device(cfg.device)
     dtype_name = resolve_dtype(cfg.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype_name))
@@ -166,4 +196,5 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False):
         model.requires_grad_(False)
     log.info("loaded %s (%s, %.1fM params) on %s", cfg.label, dtype_name,
              sum(p.numel() for p in model.parameters()) / 1e6, next(model.parameters()).device)
-    return model, load_tokenizer(cfg.path)
+    gen = getattr(model, "generation_config", None)
+    return model, load_tokenizer(cfg.path, cfg.chat_template, getattr(gen, "eos_token_id", None))

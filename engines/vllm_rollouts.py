@@ -12,12 +12,12 @@ silently sample with stale weights. The directory of the previous save is remove
 
 Prompts are encoded exactly as `HFGenerator` encodes them (chat template, ``max_prompt_tokens`` with an
 error or a counted left truncation) and passed as token ids, so vLLM never re-tokenizes. Stopping follows
-`HFGenerator`, which passes ``eos_token_id=tokenizer.eos_token_id`` to ``generate``: only the tokenizer's
-EOS ends a completion. vLLM would also stop on every extra EOS id of the model's ``generation_config``;
-``ignore_eos=True`` turns that off and ``stop_token_ids=[eos]`` restores the tokenizer's EOS alone. A
-completion ending in EOS is returned without it and with ``finished=True`` (``completion_ids`` puts the
-EOS back), whatever vLLM's ``finish_reason`` (an EOS drawn as the last allowed token may be reported as
-"length"); otherwise ``finished`` is ``finish_reason == "stop"``.
+`HFGenerator`: a completion ends on any id of `engines.stops.stop_ids` (the chat template's end-of-turn
+token, every EOS id of the model's ``generation_config``, the tokenizer's EOS). vLLM's own EOS handling is
+turned off (``ignore_eos=True``) and that exact set is passed as ``stop_token_ids``, so both backends stop
+on the same ids. A completion ending in one of them is returned without it, with ``finished=True`` and
+``stop_id`` set (``completion_ids`` puts it back), whatever vLLM's ``finish_reason`` (a stop id drawn as
+the last allowed token may be reported as "length"); otherwise ``finished`` is ``finish_reason == "stop"``.
 
 Each prompt gets its own sampling seed derived from (seed, prompt index), so a sample does not depend on
 its batch neighbours and repeated prompts draw different samples.
@@ -36,6 +36,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Literal
 
 from engines.generation import Completion, HFGenerator, PromptStats, SamplingConfig
+from engines.stops import stop_ids
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -74,19 +75,24 @@ def request_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:4], "little") >> 1
 
 
-def sampling_kwargs(sampling: SamplingConfig, eos_id: int, seed: int) -> dict:
-    """``SamplingParams`` arguments of one prompt: greedy when temperature is 0, only ``eos_id`` stops."""
+def _ids(eos: int | Sequence[int]) -> list[int]:
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+def sampling_kwargs(sampling: SamplingConfig, eos: int | Sequence[int], seed: int) -> dict:
+    """``SamplingParams`` arguments of one prompt: greedy when temperature is 0, only the ``eos`` ids stop."""
     greedy = sampling.temperature == 0
     return {"n": 1, "temperature": sampling.temperature, "top_p": 1.0 if greedy else sampling.top_p,
             "max_tokens": sampling.max_new_tokens, "seed": seed, "ignore_eos": True,
-            "stop_token_ids": [eos_id], "detokenize": False}
+            "stop_token_ids": _ids(eos), "detokenize": False}
 
 
 def completion_tokens(token_ids: Sequence[int], finish_reason: str | None,
-                      eos_id: int) -> tuple[list[int], bool]:
-    """(ids without a final EOS, finished): finished when the last id is EOS or vLLM reports "stop"."""
+                      eos: int | Sequence[int]) -> tuple[list[int], bool]:
+    """(ids without a final stop id, finished): finished when the last id is one of ``eos`` or vLLM
+    reports "stop"."""
     ids = [int(t) for t in token_ids]
-    if ids and ids[-1] == eos_id:
+    if ids and ids[-1] in _ids(eos):
         return ids[:-1], True
     return ids, finish_reason == "stop"
 
@@ -159,7 +165,7 @@ class VLLMRollouts:
         if not prompts:
             return []
         encoded = self.encode(prompts)
-        eos = self.tokenizer.eos_token_id
+        eos = list(stop_ids(self.tokenizer))
         request = self.save_adapter(adapter, step) if adapter is not None else None
         params = [self.api.SamplingParams(**sampling_kwargs(sampling, eos, request_seed(sampling.seed, i)))
                   for i in range(len(encoded))]
@@ -173,8 +179,9 @@ class VLLMRollouts:
         for ids, out in zip(encoded, outputs):
             sample = out.outputs[0]
             tokens, finished = completion_tokens(sample.token_ids, sample.finish_reason, eos)
+            stop = int(sample.token_ids[-1]) if len(tokens) < len(sample.token_ids) else None
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            results.append(Completion(text, tokens, len(ids), finished, share))
+            results.append(Completion(text, tokens, len(ids), finished, share, stop))
         return results
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from engines.models import ModelConfig, resolve_path
+from engines.models import ModelConfig, check_chat_template, resolve_path
 from engines.weights import check_weights
 from stages.analyze import AnalyzeConfig
 from stages.contexts import ContextsConfig
@@ -242,3 +242,4 @@ def load_experiment(preset: str | None = None, config: str | None = None,
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return exp
+                    check_chat_template(model)  # no template: one line naming model.chat_template=plain

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -28,6 +29,23 @@ Rules = Mapping[type, Mapping[str, "Bound"]]
 
 class ConfigError(ValueError):
     """A configuration is invalid; the message is one line naming the field."""
+
+
+FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+"""Exponent floats without a dot or an exponent sign (``1e-4``, ``3E5``): numbers in YAML 1.2 and to
+every user, but strings to PyYAML's YAML 1.1 rules."""
+
+
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads YAML 1.2 exponent floats (``1e-4``) as numbers."""
+
+
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load` with ``1e-4`` read as a number."""
+    return yaml.load(text, Loader=Loader)
 
 
 def build(cls: type, data: Any, path: str = "", rules: Rules | None = None) -> Any:
@@ -120,6 +138,8 @@ def _coerce(tp: Any, value: Any, path: str, rules: Rules) -> Any:
         _, vt = get_args(tp) or (Any, Any)
         return {str(k): _coerce(vt, v, f"{path}.{k}", rules) for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and FLOAT_12.match(value.strip()):
+            value = float(value.replace("_", ""))  # a YAML 1.1 loader read 1e-4 as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         if not math.isfinite(value):
@@ -159,7 +179,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import schemas
 from engines.generation import chat_ids
 from engines.models import ModelConfig, load_model, resolve_dtype
+from engines.stops import end_of_turn
 from objectives import chunked_gather_logps, chunked_token_divergence
 from objectives.retention import masked_row_mean
 from stages.analyze.shared import shared_prompt_hidden
@@ -155,12 +156,13 @@ def run(cfg: AnalyzeConfig, examples: pa.Table, predictions: pa.Table, model: Mo
 
 
 def _encode(cfg: AnalyzeConfig, tok, texts: list[str], eos: list[bool]) -> list[list[int]]:
-    out = []
+    """Token ids of answers; a finished one ends with the chat template's end-of-turn token, as replies do."""
+    end, out = end_of_turn(tok), []
     for text, add_eos in zip(texts, eos):
         ids = tok(text, add_special_tokens=False)["input_ids"][:cfg.max_completion_tokens]
         if add_eos and len(ids) < cfg.max_completion_tokens:
-            ids = ids + [tok.eos_token_id]
-        out.append(ids or [tok.eos_token_id])
+            ids = ids + [end]
+        out.append(ids or [end])
     return out
 
 

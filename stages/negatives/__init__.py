@@ -34,6 +34,7 @@ from engines.sandbox import SandboxLimits, require_sandbox
 from stages.induction.llm import GeneratorConfig, build_generator
 from stages.negatives.answers import stable_int
 from stages.negatives.corrupt import corrupt_candidates
+from stages.negatives.empty import warn_empty
 from stages.negatives.generate import Candidate, llm_candidates
 from stages.negatives.lexical import wordnet_candidates
 from stages.negatives.verify import verify_negatives
@@ -233,10 +234,13 @@ def run(cfg: NegativesConfig, examples: pa.Table, generator: Generator | None = 
             tables += _run_source(cfg, source, items, makers[source], workspace, stats[source])
     table = _assemble(tables, items, stats)
     by_source = Counter(table.column("source").to_pylist())
+    enabled = [s for s in SOURCES if getattr(cfg, s).num_per_item > 0]
+    empty = warn_empty(enabled, items, list(zip(table.column("id").to_pylist(), table.column("source").to_pylist())),
+                       stats)
     for source in SOURCES:
         log.info("negatives %s: %d kept, %s", source, by_source[source], dict(sorted(stats[source].items())))
     if workspace is not None:
-        payload = {"config": asdict(cfg), "items": len(items), "kept": dict(by_source),
+        payload = {"config": asdict(cfg), "items": len(items), "kept": dict(by_source), "empty": empty,
                    "sources": {s: dict(sorted(c.items())) for s, c in stats.items()}}
         (workspace.files / "negatives_stats.json").write_text(json.dumps(payload, indent=1, sort_keys=True))
     return {"negatives": table}

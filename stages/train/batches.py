@@ -20,6 +20,7 @@ import torch
 
 from engines.continuous import ContinuousGenerator
 from engines.generation import Completion, SamplingConfig
+from engines.stops import end_of_turn
 from stages.train.config import TrainConfig
 from stages.train.data import PromptEncoder, TrainItem, pack, pad_completions
 from stages.train.step import MicroBatch
@@ -92,8 +93,11 @@ def _sample(ctx: BatchContext, items: list[TrainItem], step: int) -> list[Comple
 
 
 def completion_ids(completion: Completion, eos_id: int) -> list[int]:
-    """Generated ids with the EOS the generator stripped put back (the mask covers it)."""
-    return list(completion.token_ids) + ([eos_id] if completion.finished else [])
+    """Generated ids with the stop id the generator stripped put back (the mask covers it): the one the
+    model emitted, else ``eos_id`` (a regex stop; callers pass the chat template's end-of-turn id)."""
+    if not completion.finished:
+        return list(completion.token_ids)
+    return [*completion.token_ids, eos_id if completion.stop_id is None else completion.stop_id]
 
 
 def micro_batches(ctx: BatchContext, items: list[TrainItem], completions: list[Completion] | None,
@@ -111,7 +115,7 @@ def micro_batches(ctx: BatchContext, items: list[TrainItem], completions: list[C
 def _micro_batch(ctx: BatchContext, items: list[TrainItem], comps: list[Completion] | None,
                  step: int) -> MicroBatch:
     cfg, enc = ctx.cfg, ctx.encoder
-    pad, eos = ctx.tokenizer.pad_token_id, ctx.tokenizer.eos_token_id
+    pad, eos = ctx.tokenizer.pad_token_id, end_of_turn(ctx.tokenizer)  # gold ends as a chat turn ends
     prompts = [enc(it.prompt) for it in items]
     mb = MicroBatch()
     if comps is not None:

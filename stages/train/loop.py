@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from engines.models import ModelConfig, load_model, pick_device, resolve_dtype, resolve_path
+from engines.stops import end_of_turn
 from stages.train import checkpoint as ckpt
 from stages.train.batches import BatchContext, completion_ids, generate, micro_batches
 from stages.train.config import LoraSettings, TrainConfig
@@ -297,7 +298,7 @@ def peak_memory_mb() -> float:
 def _samples(run: Run, step: int, items: list[TrainItem], completions) -> list[dict]:
     if completions is None or not run.accelerator.is_main_process:
         return []
-    eos = run.tokenizer.eos_token_id
+    eos = end_of_turn(run.tokenizer)
     return [{"step": step, "id": it.id, "completion": c.text, "num_tokens": len(completion_ids(c, eos)),
              "truncated": not c.finished}
             for it, c in list(zip(items, completions))[: run.cfg.rollout.log_samples]]
