@@ -8,6 +8,7 @@
     unisd assets install | verify | path
     unisd config show [--preset ... | --config ...] [key=value ...]
     unisd serve [--preset NAME]
+    unisd export METHOD --seed N --out DIR [--merged] [--dataset D] [--preset ... | --config ...] [key=value ...]
     unisd data check FILE [--family F] [field=column ...]
 """
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     cf = sub.add_parser("config", help="print the resolved configuration")
     cf.add_argument("action", choices=["show", "docs"])
     _add_config_args(cf)
+    _add_export_args(sub.add_parser("export", help="copy a trained checkpoint out of the store as a folder "
+                                    "transformers/peft load, with a model card (README.md)"))
     sv = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
     sv.add_argument("--preset", default="default")
     dt = sub.add_parser("data", help="show how a data file would be ingested: first rows and every rejected row")
@@ -153,6 +156,8 @@ def _dispatch(args) -> int:
         return 0
     if args.cmd == "store":
         return _store(args)
+    if args.cmd == "export":
+        return _export(args)
     if args.cmd == "data":
         from stages.ingest.check import command
 
@@ -195,6 +200,48 @@ def _dispatch(args) -> int:
         print(out / "report.html" if (out / "report.html").exists() else out)
     else:  # `unisd stage X` recomputes X (its inputs come from the store)
         flows.STAGE_FLOWS[args.stage](**{**kwargs, "force": True})
+    return 0
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("method", help="the method preset the checkpoint was trained with (sd, unisd_star, ...)")
+    p.add_argument("--seed", type=int, help="its training seed (default: train.seed of the config)")
+    p.add_argument("--out", required=True, help="new (or empty) folder to write")
+    p.add_argument("--merged", action="store_true", help="the merged model instead of the LoRA adapter")
+    p.add_argument("--dataset", help="the dataset it was trained on, when the experiment trained on several")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="the preset it was trained with (default: default)")
+    g.add_argument("--config", help="the YAML experiment config it was trained with")
+    p.set_defaults(overrides=[])
+
+
+def _export(args) -> int:
+    """`unisd export`: the experiment's checkpoint of (method, seed[, dataset]) with its model card."""
+    from dataclasses import replace
+
+    from stages.export import export, find_checkpoint, gather
+    from storage import Store
+    from unisd.config import load_experiment
+
+    exp = load_experiment(args.preset, args.config, args.overrides)
+    seed = args.seed if args.seed is not None else exp.train.seed
+    store, found = Store(exp.store_path), []
+    for model in exp.model_list:
+        cfg = replace(exp.method_config(args.method), seed=seed)
+        try:
+            found.append((model, find_checkpoint(store, model, cfg, args.method, dataset=args.dataset)))
+        except FileNotFoundError as e:
+            missing = e
+    if not found:
+        raise missing
+    if len(found) > 1:
+        raise ValueError(f"{args.method} seed {seed} was trained on several models "
+                         f"({', '.join(m.label for m, _ in found)}): narrow `models` with an override")
+    model, train = found[0]
+    base = model.label if model.path.startswith("embedded:") else model.path
+    data = gather(store, train, method=args.method, seed=seed, kind="merged" if args.merged else "adapter",
+                  base_model=base, experiment=exp.name, confidence=exp.analyze.confidence)
+    print(export(store, train, data, Path(args.out).expanduser().resolve()))
     return 0
 
 
