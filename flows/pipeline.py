@@ -224,7 +224,8 @@ def _publish(exp: ExperimentConfig, runs: Runs) -> str:
         model_scores, model_retention = of_model(scores, model.label), of_model(retention, model.label)
         title = f"UniSD — {exp.name}" + (f" — {model.label}" if exp.models else "")
         parts.append(report_markdown(title, model_scores, confidence=exp.analyze.confidence,
-                                     retention=pa.concat_tables(model_retention) if model_retention else None))
+                                     retention=pa.concat_tables(model_retention) if model_retention else None,
+                                     predictions=of_model(predictions, model.label)))
     md = "\n".join(parts)
     for label, ref in runs.reports:
         md += f"\nReport ({label}): {store.get(*ref).path / 'files' / 'report.html'}\n"
@@ -254,6 +255,7 @@ def write_report(exp: ExperimentConfig, out: Path, *, force: bool = False) -> Pa
     runs = unisd_runs(exp, force)
     if not runs.reports:
         raise ValueError(f"experiment {exp.name!r} evaluated nothing, so there is nothing to report")
+    predictions = [store.get(*ref).table("predictions") for ref in runs.evaluations]
     store = Store(exp.store_path)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -67,6 +67,7 @@ PREDICTIONS = TableSchema(
         _f("method", S, False),
         _f("sample", pa.int32(), False),
         _f("prompt_tokens", pa.int32(), False),
+        _f("completion_tokens", pa.int32()),  # generated tokens, the stop token excluded (null: not counted)
         _f("completion", S, False),
         _f("extracted", S),
         _f("correct", pa.bool_(), False),

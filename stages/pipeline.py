@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 INGEST_SPEC = StageSpec(name="ingest", version=ingest_stage.VERSION, inputs={},
                         outputs={"examples": evaluate_stage.SPEC.inputs["examples"]})
 COMPARE_SPEC = StageSpec(name="compare", version=1, inputs={}, outputs={"comparisons": schemas.COMPARISONS})
-REPORT_SPEC = StageSpec(name="report", version=1, inputs={}, outputs={})
+REPORT_SPEC = StageSpec(name="report", version=2, inputs={}, outputs={})  # 2: the base model's section
 
 
 def configure_threads(threads: int | None) -> int:
@@ -245,7 +245,7 @@ def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluatio
         if len(set(trained_on)) > 1:  # one curve per (method, seed, dataset)
             steps = [(f"{m} · {d}", s, t) for (m, s, t), d in zip(steps, trained_on)]
         write_report(ws.files, title=title, scores=[a.table("scores") for a in evaluations],
-                     train_steps=steps,
+                     train_steps=steps, predictions=[a.table("predictions") for a in evaluations],
                      retention=_concat([a.table("retention") for a in analyses]),
                      comparisons=comparison.table("comparisons") if comparison is not None else None,
                      confidence=cfg.confidence)

@@ -28,7 +28,7 @@ from storage import StageSpec, Workspace
 
 log = logging.getLogger(__name__)
 
-SPEC = StageSpec(name="evaluate", version=1, inputs={"examples": schemas.EXAMPLES},
+SPEC = StageSpec(name="evaluate", version=2, inputs={"examples": schemas.EXAMPLES},
                  outputs={"predictions": schemas.PREDICTIONS, "scores": schemas.SCORES})
 
 SPLITS = ("train", "validation", "test")
@@ -189,7 +189,8 @@ def _chunk(cfg: EvaluateConfig, chunk: list[dict], generator: Generator, model: 
                             max_completion_chars=cfg.max_completion_chars)
         for g, (r, s), (extracted, correct, score, detail) in zip(gens, owners, scored):
             out.append(dict(id=r["id"], dataset=r["dataset"], model=model, method=method, sample=s,
-                            prompt_tokens=g.prompt_tokens, completion=g.text, extracted=extracted,
+                            prompt_tokens=g.prompt_tokens, completion_tokens=len(g.token_ids) if g.token_ids else None,
+                            completion=g.text, extracted=extracted,
                             correct=bool(correct), score=float(score), latency=g.seconds,
                             truncated=not g.finished, detail=json.dumps(detail, sort_keys=True)))
     return schemas.conform(out, schemas.PREDICTIONS)
