@@ -214,6 +214,7 @@ def _publish(exp: ExperimentConfig, runs: Runs) -> str:
 
     store = Store(exp.store_path)
     scores = [store.get(*ref).table("scores") for ref in runs.evaluations]  # each table holds one model
+    predictions = [store.get(*ref).table("predictions") for ref in runs.evaluations]
     retention = [store.get(*ref).table("retention") for ref in runs.analyses]
 
     def of_model(tables: list[pa.Table], label: str) -> list[pa.Table]:
@@ -255,7 +256,6 @@ def write_report(exp: ExperimentConfig, out: Path, *, force: bool = False) -> Pa
     runs = unisd_runs(exp, force)
     if not runs.reports:
         raise ValueError(f"experiment {exp.name!r} evaluated nothing, so there is nothing to report")
-    predictions = [store.get(*ref).table("predictions") for ref in runs.evaluations]
     store = Store(exp.store_path)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

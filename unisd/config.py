@@ -239,7 +239,7 @@ def load_experiment(preset: str | None = None, config: str | None = None,
             for model in exp.model_list:
                 if not model.path.startswith("embedded:"):
                     check_weights(resolve_path(model.path))
+                    check_chat_template(model)  # no template: one line naming model.chat_template=plain
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return exp
-                    check_chat_template(model)  # no template: one line naming model.chat_template=plain
