@@ -26,7 +26,7 @@ from stages import pipeline  # noqa: E402
 from storage import Store  # noqa: E402
 from unisd.config import ExperimentConfig, load_experiment  # noqa: E402
 
-STAGES = ("ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate", "analyze", "compare",
+STAGES = ("ingest", "negatives", "retrieval", "induction", "contexts", "signals", "train", "evaluate", "analyze", "compare",
           "report")
 
 
@@ -53,6 +53,9 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
         cfg = replace(exp.contexts, strategy=args["strategy"], num_views=args["num_views"])
         extra = {k: v for k, v in arts.items() if k != "examples"}
         art = pipeline.contexts(store, cfg, arts["examples"], extra, force=force)
+    elif stage == "signals":
+        art = pipeline.signals(store, exp.signals, exp.model, exp.evaluate, arts["examples"], arts["contexts"],
+                               force=force)
     elif stage == "train":
         art = pipeline.train(store, exp.run_config(args["method"], args["seed"]), exp.model, arts["examples"],
                              arts["contexts"], arts.get("negatives"), args["method"], force=force,
@@ -71,7 +74,8 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
     else:
         trainings = [(m, s, arts[f"train_{i}"]) for i, (m, s) in enumerate(args["runs"])]
         art = pipeline.report(store, exp.analyze, exp.name, _numbered(arts, "evaluate"), trainings,
-                              _numbered(arts, "analyze"), arts.get("compare"), force=force)
+                              _numbered(arts, "analyze"), arts.get("compare"), signals=_numbered(arts, "signals"),
+                              force=force)
     tracking.log_results(exp, stage, args, arts, art)
     get_run_logger().info("%s %s: %s", stage, label, art.key[:12])
     return art.key
@@ -81,7 +85,7 @@ def _numbered(arts: dict, kind: str) -> list:
     return [arts[f"{kind}_{i}"] for i in range(sum(k.startswith(f"{kind}_") for k in arts))]
 
 
-PREP = ("negatives", "retrieval", "induction", "contexts")
+PREP = ("negatives", "retrieval", "induction", "contexts", "signals")
 
 
 def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: str | None = None) -> Runs:
@@ -125,6 +129,8 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
                      if analyze else None)
     for name, ref in examples.items():
         targets = [name] + [p.evaluate for p in exp.transfer if p.train == name]
+        if exp.signals.enabled and _trained(exp, name, has_train[name]):  # before the first training
+            runs.signals.append(_signals(run, exp, name, ref))
         for method in (m for m in exp.methods if m != "base"):
             tcfg = exp.method_config(method)
             if not has_train[name] or (tcfg.datasets and name not in tcfg.datasets):
@@ -145,6 +151,7 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
         if cmp is not None:
             inputs["compare"] = cmp
         train_inputs = {f"train_{i}": ckpt for i, (_, _, ckpt) in enumerate(runs.trainings)}
+        train_inputs |= {f"signals_{i}": ref for i, ref in enumerate(runs.signals)}
         report = run("report", exp.name, runs=[[m, s] for m, s, _ in runs.trainings],
                      inputs={**inputs, **train_inputs})
         runs.reports.append((exp.model.label, report))
@@ -162,9 +169,11 @@ class Runs:
         """(model label, report ref), one per model."""
         self.prepared: list = []
         """Preprocessing artifacts of a single-stage run (`only`)."""
+        self.signals: list = []
+        """Signal diagnostics, one per trained dataset."""
 
     def merge(self, other: Runs) -> None:
-        for name in ("evaluations", "analyses", "trainings", "reports", "prepared"):
+        for name in ("evaluations", "analyses", "trainings", "reports", "prepared", "signals"):
             getattr(self, name).extend(getattr(other, name))
 
     def add(self, evaluation, analysis) -> None:
@@ -177,31 +186,62 @@ class Runs:
                 **{f"analyze_{i}": an for i, an in enumerate(self.analyses)}}
 
 
+def _view_sources(run, name: str, examples, strategy: str, num_views: int) -> dict:
+    """The neighbors / instructions artifact the auxiliary views of `strategy` are built from (if any)."""
+    need = {"retrieval": ("retrieval", "neighbors"), "induction": ("induction", "instructions")}
+    if strategy not in need or num_views == 0:
+        return {}
+    stage, table = need[strategy]
+    return {table: run(stage, name, inputs={"examples": examples})}
+
+
+def _trained(exp: ExperimentConfig, name: str, has_train: bool) -> bool:
+    """Whether some method of the experiment trains on dataset `name`."""
+    return has_train and any(not (cfg := exp.method_config(m)).datasets or name in cfg.datasets
+                             for m in exp.methods if m != "base")
+
+
+def _signals(run, exp: ExperimentConfig, name: str, examples):
+    """The signals of one dataset, on the auxiliary views of the first method with agreement over K >= 2
+    views (that method's contexts), else on `signals.num_views` random-donor views."""
+    for method in (m for m in exp.methods if m != "base"):
+        tcfg = exp.method_config(method)
+        if tcfg.agreement.level != "none" and tcfg.agreement.num_views >= 2:
+            ctx, _ = _method_contexts(run, tcfg, name, examples)  # the very views that method trains with
+            break
+    else:
+        k = exp.signals.num_views
+        ctx = run("contexts", f"random-{name}", strategy="random", num_views=k, inputs={"examples": examples})
+    return run("signals", name, inputs={"examples": examples, "contexts": ctx})
+
+
 def _prep_only(run, exp: ExperimentConfig, stage: str, name: str, examples):
+    if stage == "signals":
+        return _signals(run, exp, name, examples)
     if stage != "contexts":
         return run(stage, name, inputs={"examples": examples})
-    extra = {}
-    need = {"retrieval": ("retrieval", "neighbors"), "induction": ("induction", "instructions")}
-    if exp.contexts.strategy in need and exp.contexts.num_views > 0:
-        st, table = need[exp.contexts.strategy]
-        extra[table] = run(st, name, inputs={"examples": examples})
+    extra = _view_sources(run, name, examples, exp.contexts.strategy, exp.contexts.num_views)
     extra["negatives"] = run("negatives", name, inputs={"examples": examples})
     return run("contexts", f"{exp.contexts.strategy}-{name}", strategy=exp.contexts.strategy,
                num_views=exp.contexts.num_views, inputs={"examples": examples, **extra})
 
 
-def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, examples):
+def _method_contexts(run, tcfg, name: str, examples) -> tuple:
+    """The contexts artifact a method trains with, and the artifacts it was built from (negatives, ...)."""
     agree = tcfg.agreement.level != "none"
     extra = {}
     if tcfg.contrastive.weight > 0:
         extra["negatives"] = run("negatives", name, inputs={"examples": examples})
-    if agree and tcfg.agreement.strategy == "retrieval":
-        extra["neighbors"] = run("retrieval", name, inputs={"examples": examples})
-    if agree and tcfg.agreement.strategy == "induction":
-        extra["instructions"] = run("induction", name, inputs={"examples": examples})
+    if agree:
+        extra |= _view_sources(run, name, examples, tcfg.agreement.strategy, tcfg.agreement.num_views)
     ctx = run("contexts", f"{tcfg.agreement.strategy if agree else 'privileged'}-{name}",
               strategy=tcfg.agreement.strategy, num_views=tcfg.agreement.num_views if agree else 0,
               inputs={"examples": examples, **extra})
+    return ctx, extra
+
+
+def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, examples):
+    ctx, extra = _method_contexts(run, tcfg, name, examples)
     inputs = {"examples": examples, "contexts": ctx}
     if "negatives" in extra:
         inputs["negatives"] = extra["negatives"]

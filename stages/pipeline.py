@@ -24,6 +24,7 @@ from stages import induction as induction_stage
 from stages import ingest as ingest_stage
 from stages import negatives as negatives_stage
 from stages import retrieval as retrieval_stage
+from stages import signals as signals_stage
 from stages import train as train_stage
 from stages.analyze.compare import compare as compare_runs
 from storage import Artifact, StageSpec, Store
@@ -164,9 +165,7 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
 
     def compute(ws):
         m, tok = _loaded(model)
-        engine = ContinuousGenerator if cfg.engine == "continuous" else HFGenerator
-        gen = engine(m, tok, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                     on_long_prompt=cfg.on_long_prompt)
+        gen = _generator(cfg, m, tok)
         out = evaluate_stage.run(cfg, examples.table("examples"), gen, ws, model.label, method)
         out["scores"] = _with_columns(out["scores"], split=cfg.split, eval_limit=cfg.limit,
                                       precision=model.dtype)
@@ -176,6 +175,34 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
 
     return store.materialize(spec, key_config, inputs, compute, force=force,
                              extra_manifest={"precision": precision})
+
+
+def _generator(cfg: evaluate_stage.EvaluateConfig, model, tokenizer):
+    """The generation engine `cfg.engine` on a loaded model, with the evaluate prompt-length policy."""
+    engine = ContinuousGenerator if cfg.engine == "continuous" else HFGenerator
+    return engine(model, tokenizer, batch_size=cfg.batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                  on_long_prompt=cfg.on_long_prompt)
+
+
+def signals(store: Store, cfg: signals_stage.SignalsConfig, model: ModelConfig, evaluate_cfg: evaluate_stage.EvaluateConfig,
+            examples: Artifact, contexts_art: Artifact, *, force: bool = False) -> Artifact:
+    """The signal diagnostics of one dataset on the base model (before training): the `signals` table.
+
+    The greedy accuracies decode and score as `evaluate_cfg` does (token limits, stop patterns, sandbox)."""
+    precision = precision_record(model.dtype, model.device)
+    model = replace(model, dtype=precision["dtype"])  # the key names the dtype actually used
+    settings = signals_stage.generation_settings(evaluate_cfg)
+    measured = {k: v for k, v in asdict(cfg).items() if k not in ("enabled", "num_views")}  # views: in contexts
+    key = {"signals": measured, "evaluate": asdict(settings), "model": fingerprint(model.path),
+           "model_label": model.label, "dtype": model.dtype}
+
+    def compute(ws):
+        m, tok = _loaded(model)
+        return signals_stage.run(cfg, examples.table("examples"), contexts_art.table("contexts"), m, tok,
+                                 _generator(settings, m, tok), settings, model.label)
+
+    return store.materialize(signals_stage.SPEC, key, {"examples": examples, "contexts": contexts_art}, compute,
+                             force=force, extra_manifest={"precision": precision})
 
 
 def analyze(store: Store, cfg: analyze_stage.AnalyzeConfig, model: ModelConfig, examples: Artifact,
@@ -226,14 +253,17 @@ def compare(store: Store, cfg: analyze_stage.AnalyzeConfig, evaluations: list[Ar
 
 def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluations: list[Artifact],
            trainings: list[tuple[str, int, Artifact]], analyses: list[Artifact], comparison: Artifact | None, *,
-           force: bool = False) -> Artifact:
-    """The experiment report (report.md, report.html, figures/*.png) as an artifact's files."""
+           signals: list[Artifact] = (), force: bool = False) -> Artifact:
+    """The experiment report (report.md, report.html, figures/*.png) as an artifact's files; `signals`:
+    the signal diagnostics of the trained datasets."""
     from stages.report import write_report
 
     evals, eval_schemas = _numbered("evaluate", schemas.SCORES, evaluations)
     train_arts, train_schemas = _numbered("train", schemas.TRAIN_STEPS, [a for _, _, a in trainings])
     rets, ret_schemas = _numbered("analyze", schemas.RETENTION, analyses)
-    inputs, input_schemas = {**evals, **train_arts, **rets}, {**eval_schemas, **train_schemas, **ret_schemas}
+    sigs, sig_schemas = _numbered("signals", schemas.SIGNALS, list(signals))
+    inputs = {**evals, **train_arts, **rets, **sigs}
+    input_schemas = {**eval_schemas, **train_schemas, **ret_schemas, **sig_schemas}
     if comparison is not None:
         inputs["compare"], input_schemas["compare"] = comparison, schemas.COMPARISONS
     spec = replace(REPORT_SPEC, inputs=input_schemas)
@@ -248,7 +278,7 @@ def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluatio
                      train_steps=steps, predictions=[a.table("predictions") for a in evaluations],
                      retention=_concat([a.table("retention") for a in analyses]),
                      comparisons=comparison.table("comparisons") if comparison is not None else None,
-                     confidence=cfg.confidence)
+                     confidence=cfg.confidence, signals=_concat([a.table("signals") for a in signals]))
         return {}
 
     return store.materialize(spec, key, inputs, compute, force=force)

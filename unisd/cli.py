@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     _add_config_args(sub.add_parser("run", help="run the whole pipeline in-process (Prefect ephemeral mode)"))
     st = sub.add_parser("stage", help="run a single stage (and whatever it needs from the store)")
-    st.add_argument("stage", choices=["ingest", "negatives", "retrieval", "induction", "contexts", "train", "evaluate",
+    st.add_argument("stage", choices=["ingest", "negatives", "retrieval", "induction", "contexts", "signals", "train", "evaluate",
                                       "analyze", "compare", "report"])
     _add_config_args(st)
     rp = sub.add_parser("report", help="write the experiment report (Markdown, HTML, PNG figures) to a folder")

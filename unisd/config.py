@@ -23,6 +23,7 @@ from stages.induction import InductionConfig
 from stages.ingest import REGISTRY, IngestConfig
 from stages.negatives import NegativesConfig
 from stages.retrieval import RetrievalConfig
+from stages.signals import SignalsConfig
 from stages.train import TrainConfig
 from storage.tracking import check_backends
 from unisd.configtools import ConfigError, apply_overrides, build, deep_merge, to_dict
@@ -82,6 +83,8 @@ class ExperimentConfig:
     """Out-of-distribution pairs: checkpoints trained on `train` are also evaluated on `evaluate`."""
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     """Retention metrics, paired comparisons and the report (after every evaluation)."""
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
+    """Signal diagnostics before training: does the privileged teacher know more than the student?"""
     threads: int | None = None
     """CPU threads for torch and every worker process (None = $UNISD_THREADS, else the cores this process
     may use: its CPU affinity and cgroup quota, not the host's count; shared among local DDP processes)."""

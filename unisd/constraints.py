@@ -90,6 +90,7 @@ def rules() -> Mapping[type, Mapping[str, Bound]]:
     from stages.ingest import IngestConfig
     from stages.negatives import CorruptSource, LLMSource, NegativesConfig, WordNetSource
     from stages.retrieval import RetrievalConfig
+    from stages.signals import SignalsConfig
     from stages.train import config as train
     from unisd.config import ExperimentConfig
 
@@ -132,4 +133,7 @@ def rules() -> Mapping[type, Mapping[str, Bound]]:
         AnalyzeConfig: {"confidence": OPEN_UNIT, "bootstrap": COUNT, "max_examples": COUNT, "batch_size": COUNT,
                         "batch_tokens": COUNT, "max_prompt_tokens": COUNT, "max_completion_tokens": COUNT,
                         "chunk_size": COUNT},
+        SignalsConfig: {"limit": COUNT, "num_views": NON_NEGATIVE, "max_new_tokens": COUNT, "temperature": POSITIVE,
+                        "seed": SEED, "batch_size": COUNT, "batch_tokens": COUNT, "max_gold_tokens": COUNT,
+                        "chunk_size": COUNT, "confidence": OPEN_UNIT},
     }

@@ -24,9 +24,14 @@ def test_training_methods_end_to_end(tmp_path, tiny_model_dir):
     rows = query(store, "SELECT stage, count(*) n FROM artifacts GROUP BY stage").to_pylist()
     stages = {r["stage"]: r["n"] for r in rows}
     # 2 datasets: ingest 2, negatives 2, retrieval 2, contexts 2 per strategy, train 2 per method,
-    # evaluate 2 per method (base, sd, unisd_star)
-    assert stages == {"ingest": 2, "negatives": 2, "retrieval": 2, "contexts": 4, "train": 4, "evaluate": 6,
-                      "analyze": 6, "compare": 1, "report": 1}
+    # evaluate 2 per method (base, sd, unisd_star), signals 2 (on unisd_star's own views: no extra contexts)
+    assert stages == {"ingest": 2, "negatives": 2, "retrieval": 2, "contexts": 4, "signals": 2, "train": 4,
+                      "evaluate": 6, "analyze": 6, "compare": 1, "report": 1}
+    signals = query(store, "SELECT dataset, split, count(*) n FROM signals GROUP BY ALL ORDER BY ALL").to_pylist()
+    assert [(r["dataset"], r["split"]) for r in signals] == [("math", "train"), ("medmcqa", "train")]
+    assert all(r["n"] >= 10 for r in signals)  # every statistic, per dataset
+    report = query(store, "SELECT key FROM artifacts WHERE stage = 'report'").column("key").to_pylist()[0]
+    assert "## Signals" in (store / "report" / report / "files" / "report.md").read_text()
     terms = query(store, "SELECT DISTINCT unnest(map_keys(metrics)) k FROM train_steps WHERE method = 'unisd_star'")
     keys = set(terms.column("k").to_pylist())
     assert {"train/loss/divergence", "train/loss/contrastive", "train/loss/features",

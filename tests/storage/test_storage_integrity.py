@@ -21,6 +21,7 @@ STAGES = {  # stage -> the tables it writes (every schema of the project is stor
     "ingest": ["examples"], "evaluate": ["predictions", "scores"], "analyze": ["retention"],
     "compare": ["comparisons"], "negatives": ["negatives"], "retrieval": ["neighbors"],
     "induction": ["instructions"], "contexts": ["contexts"], "train": ["rollouts", "train_steps"],
+    "signals": ["signals"],
 }
 EXTRA_FILES = {"retrieval": "index.faiss", "train": "checkpoint/adapter.bin"}
 
