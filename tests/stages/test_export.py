@@ -5,50 +5,24 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import replace
 
-import pytest
 import torch
 
-from stages import pipeline
 from storage import Store
 from unisd.cli import main
-from unisd.config import load_experiment
-
-OVERRIDES = ["datasets=[{dataset: math, source: bundled, test_fraction: 0.5, limit: 4}]", "methods=[base, sd]",
-             "train.steps=1", "analyze.bootstrap=50"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_dir):
-    """One sd checkpoint (1 step), evaluated and analyzed, in a fresh store — the pipeline's own stages."""
-    root = tmp_path_factory.mktemp("export")
-    exp = load_experiment("smoke_train", overrides=[f"store={root / 'store'}", *OVERRIDES])
-    store = Store(exp.store_path)
-    examples = pipeline.ingest(store, exp.datasets[0])
-    ctx = pipeline.contexts(store, replace(exp.contexts, strategy="random", num_views=0), examples, {})
-    cfg = exp.run_config("sd", 0)
-    train = pipeline.train(store, cfg, exp.model, examples, ctx, None, "sd")
-    base_ev = pipeline.evaluate(store, exp.model, exp.evaluate, examples)
-    ev = pipeline.evaluate(store, exp.model, exp.evaluate, examples, method="sd", checkpoint=train, seed=0,
-                           trained_on="math")
-    an = pipeline.analyze(store, exp.analyze, exp.model, examples, ev, train, method="sd", seed=0, trained_on="math")
-    base_an = pipeline.analyze(store, exp.analyze, exp.model, examples, base_ev, None, method="base")
-    pipeline.compare(store, exp.analyze, [base_ev, ev], [base_an, an])
-    return root, train, ev
-
-
-def _export(root, out, *extra) -> int:
+def _export(t, out, *extra) -> int:
     return main(["export", "sd", "--seed", "0", "--out", str(out), "--preset", "smoke_train",
-                 f"store={root / 'store'}", *OVERRIDES, *extra])
+                 f"store={t.root / 'store'}", *t.overrides, *extra])
 
 
 def test_merged_export_loads_in_transformers_and_card_names_scores(trained, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root, train, ev = trained
+    root, train, ev = trained.root, trained.train, trained.evaluation
     out = tmp_path / "merged"
-    assert _export(root, out, "--merged") == 0
+    assert _export(trained, out, "--merged") == 0
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("2 + 2 =", return_tensors="pt").input_ids
@@ -71,9 +45,9 @@ def test_adapter_export_loads_in_peft_with_the_trained_weights(trained, tmp_path
     from peft import AutoPeftModelForCausalLM, PeftModel
     from transformers import AutoModelForCausalLM
 
-    root, train, _ = trained
+    train = trained.train
     out = tmp_path / "adapter"
-    assert _export(root, out) == 0
+    assert _export(trained, out) == 0
     assert (out / "adapter_config.json").exists() and (out / "README.md").read_text().startswith(
         "---\nlibrary_name: peft\n")
     peft_model = AutoPeftModelForCausalLM.from_pretrained(out)
@@ -90,13 +64,12 @@ def test_adapter_export_loads_in_peft_with_the_trained_weights(trained, tmp_path
 
 
 def test_export_errors_are_one_line(trained, tmp_path, capsys):
-    root, _, _ = trained
     out = tmp_path / "x"
     out.mkdir()
     (out / "keep").write_text("mine")
-    assert _export(root, out) == 2
+    assert _export(trained, out) == 2
     assert "exists and is not empty" in capsys.readouterr().err
-    assert _export(root, tmp_path / "y", "train.lr=0.5") == 2  # a config never trained: no such checkpoint
+    assert _export(trained, tmp_path / "y", "train.lr=0.5") == 2  # a config never trained: no such checkpoint
     err = capsys.readouterr().err
     assert "no checkpoint of sd (seed 0) for this config" in err and "1 checkpoint(s) of sd with other settings" in err
     assert (out / "keep").read_text() == "mine" and not (tmp_path / "y").exists()
