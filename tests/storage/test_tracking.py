@@ -186,3 +186,22 @@ def test_replay_sends_stored_steps_only_to_runs_that_never_saw_them(tmp_path, cl
     with open_tracker(run, "cd" * 32) as tracker:  # a training the tracker never saw: replayed once
         assert tracker.replay(rows) == 3
     assert Tracker([]).replay(rows) == 0
+
+
+def test_unreachable_mlflow_server_is_one_warning(tmp_path, clean_env, monkeypatch, caplog):
+    """A real MLflow client against a closed loopback port: the run goes on without it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with caplog.at_level(logging.WARNING, logger="storage.tracking"):
+        tracker = open_tracker(_run(tmp_path, ("mlflow", "tensorboard")), KEY)
+        tracker.on_step(1, _row(1))
+        tracker.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("tracking: mlflow failed in open")
+    assert any((tmp_path / "tracking" / "tensorboard").rglob("events.out.tfevents.*"))
