@@ -21,12 +21,13 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows import tracking  # noqa: E402
+from flows import calibration, tracking  # noqa: E402
 from stages import pipeline  # noqa: E402
+from stages.calibrate import point_label  # noqa: E402
 from storage import Store  # noqa: E402
 from unisd.config import ExperimentConfig, load_experiment  # noqa: E402
 
-STAGES = ("ingest", "negatives", "retrieval", "induction", "contexts", "signals", "train", "evaluate", "analyze", "compare",
+STAGES = ("ingest", "negatives", "retrieval", "induction", "contexts", "signals", "calibrate", "train", "evaluate", "analyze", "compare",
           "report")
 
 
@@ -57,17 +58,21 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
         art = pipeline.signals(store, exp.signals, exp.model, exp.evaluate, arts["examples"], arts["contexts"],
                                force=force)
     elif stage == "train":
-        art = pipeline.train(store, exp.run_config(args["method"], args["seed"]), exp.model, arts["examples"],
+        art = pipeline.train(store, exp.run_config(args["method"], args["seed"], args.get("point")), exp.model,
+                             arts["examples"],
                              arts["contexts"], arts.get("negatives"), args["method"], force=force,
                              tracking=tracking.train_run(exp, args["method"], args["seed"], args["dataset"]))
     elif stage == "evaluate":
-        art = pipeline.evaluate(store, exp.model, exp.evaluate, arts["examples"], method=args["method"],
+        ecfg = replace(exp.evaluate, split=args["split"], limit=args["limit"]) if "split" in args else exp.evaluate
+        art = pipeline.evaluate(store, exp.model, ecfg, arts["examples"], method=args["method"],
                                 checkpoint=arts.get("checkpoint"), seed=args.get("seed"),
                                 trained_on=args.get("trained_on"), force=force)
     elif stage == "analyze":
         art = pipeline.analyze(store, exp.analyze, exp.model, arts["examples"], arts["evaluate"],
                                arts.get("checkpoint"), method=args["method"], seed=args.get("seed"),
                                trained_on=args.get("trained_on"), force=force)
+    elif stage == "calibrate":
+        art = pipeline.calibrate(store, exp.calibrate, _numbered(arts, "evaluate"), args["runs"], force=force)
     elif stage == "compare":
         art = pipeline.compare(store, exp.analyze, _numbered(arts, "evaluate"), _numbered(arts, "analyze"),
                                force=force)
@@ -75,6 +80,7 @@ def stage_task(stage: str, label: str, store_root: str, exp: ExperimentConfig, a
         trainings = [(m, s, arts[f"train_{i}"]) for i, (m, s) in enumerate(args["runs"])]
         art = pipeline.report(store, exp.analyze, exp.name, _numbered(arts, "evaluate"), trainings,
                               _numbered(arts, "analyze"), arts.get("compare"), signals=_numbered(arts, "signals"),
+                              calibration=_numbered(arts, "calibrate"),
                               force=force)
     tracking.log_results(exp, stage, args, arts, art)
     get_run_logger().info("%s %s: %s", stage, label, art.key[:12])
@@ -120,23 +126,34 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
     if only in PREP:
         runs.prepared = [_prep_only(run, exp, only, name, ref) for name, ref in examples.items() if has_train[name]]
         return runs
+    for name, ref in examples.items():
+        if exp.signals.enabled and _trained(exp, name, has_train[name]):  # before the first training
+            runs.signals.append(_signals(run, exp, name, ref))
+    chosen: dict = {}
+    if exp.calibrate.enabled:  # on the validation split, before anything reads test
+        def train_point(tcfg, method, seed, name, ref, point):
+            return _train(run, exp, tcfg, method, seed, name, ref, point)
+
+        cal, chosen = calibration.calibrate(run, store, exp, examples, has_train, train_point)
+        if cal is not None:
+            runs.calibration.append(cal)
     # retention and comparisons describe trained models: a base-only experiment gets just the report
     analyze = exp.analyze.enabled and any(m != "base" for m in exp.methods)
-    if "base" in exp.methods:
+    final = not (exp.calibrate.enabled and exp.calibrate.only)
+    if "base" in exp.methods and final:
         for name, ref in examples.items():
             ev = run("evaluate", f"base-{name}", method="base", inputs={"examples": ref})
             runs.add(ev, run("analyze", f"base-{name}", method="base", inputs={"examples": ref, "evaluate": ev})
                      if analyze else None)
-    for name, ref in examples.items():
+    for name, ref in (examples.items() if final else ()):
         targets = [name] + [p.evaluate for p in exp.transfer if p.train == name]
-        if exp.signals.enabled and _trained(exp, name, has_train[name]):  # before the first training
-            runs.signals.append(_signals(run, exp, name, ref))
         for method in (m for m in exp.methods if m != "base"):
             tcfg = exp.method_config(method)
             if not has_train[name] or (tcfg.datasets and name not in tcfg.datasets):
                 continue
+            point = chosen.get((name, method))
             for seed in exp.seed_list:
-                ckpt = _train(run, exp, tcfg, method, seed, name, ref)
+                ckpt = _train(run, exp, exp.run_config(method, seed, point), method, seed, name, ref, point)
                 runs.trainings.append((method, seed, ckpt))
                 for target in targets:
                     label = f"{method}-s{seed}-{name}" + (f"-on-{target}" if target != name else "")
@@ -145,13 +162,14 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
                     an = run("analyze", label, **tag, inputs={"examples": examples[target], "evaluate": ev,
                                                               "checkpoint": ckpt}) if analyze else None
                     runs.add(ev, an)
-    if exp.analyze.enabled and runs.evaluations:
+    if exp.analyze.enabled and (runs.evaluations or runs.calibration):
         inputs = runs.inputs()
         cmp = run("compare", exp.name, inputs=inputs) if runs.analyses else None
         if cmp is not None:
             inputs["compare"] = cmp
         train_inputs = {f"train_{i}": ckpt for i, (_, _, ckpt) in enumerate(runs.trainings)}
         train_inputs |= {f"signals_{i}": ref for i, ref in enumerate(runs.signals)}
+        train_inputs |= {f"calibrate_{i}": ref for i, ref in enumerate(runs.calibration)}
         report = run("report", exp.name, runs=[[m, s] for m, s, _ in runs.trainings],
                      inputs={**inputs, **train_inputs})
         runs.reports.append((exp.model.label, report))
@@ -170,10 +188,12 @@ class Runs:
         self.prepared: list = []
         """Preprocessing artifacts of a single-stage run (`only`)."""
         self.signals: list = []
+        self.calibration: list = []
+        """The calibrate artifact (validation scores per method × grid point, the chosen points)."""
         """Signal diagnostics, one per trained dataset."""
 
     def merge(self, other: Runs) -> None:
-        for name in ("evaluations", "analyses", "trainings", "reports", "prepared", "signals"):
+        for name in ("evaluations", "analyses", "trainings", "reports", "prepared", "signals", "calibration"):
             getattr(self, name).extend(getattr(other, name))
 
     def add(self, evaluation, analysis) -> None:
@@ -240,12 +260,14 @@ def _method_contexts(run, tcfg, name: str, examples) -> tuple:
     return ctx, extra
 
 
-def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, examples):
+def _train(run, exp: ExperimentConfig, tcfg, method: str, seed: int, name: str, examples, point: dict | None = None):
+    """Submit one training; ``point`` is a calibration grid point laid over the method's config."""
     ctx, extra = _method_contexts(run, tcfg, name, examples)
     inputs = {"examples": examples, "contexts": ctx}
     if "negatives" in extra:
         inputs["negatives"] = extra["negatives"]
-    return run("train", f"{method}-s{seed}-{name}", method=method, seed=seed, dataset=name, inputs=inputs)
+    label = f"{method}-s{seed}-{name}" + (f"-{point_label(point)}" if point else "")
+    return run("train", label, method=method, seed=seed, dataset=name, point=point or None, inputs=inputs)
 
 
 def _publish(exp: ExperimentConfig, runs: Runs) -> str:

@@ -226,10 +226,26 @@ SIGNALS = TableSchema(
     key=("dataset", "model", "statistic"),
 )
 
+CALIBRATION = TableSchema(
+    "calibration",
+    pa.schema([
+        _f("dataset", S, False),  # the dataset the methods trained on and were scored on (validation split)
+        _f("method", S, False),  # a method preset, or base (the untouched model, for reference)
+        _f("point", S, False),  # the grid point, "lr=0.0003,steps=16" ("" for base)
+        _f("metric", S, False),  # the dataset's primary metric (accuracy, pass@1, ...)
+        _f("value", pa.float64(), False),  # mean over the calibration seeds
+        _f("seeds", pa.int64(), False),  # calibration seeds behind the mean
+        _f("n", pa.int64(), False),  # validation examples per seed
+        _f("chosen", pa.bool_(), False),  # the method's chosen point (highest mean; ties: first in the grid)
+        _f("split", S, False),  # always validation: calibration never reads the test split
+    ]),
+    key=("dataset", "method", "point"),
+)
+
 ALL: dict[str, TableSchema] = {
     t.name: t
     for t in (EXAMPLES, PREDICTIONS, SCORES, NEIGHBORS, INSTRUCTIONS, CONTEXTS, NEGATIVES,
-              TRAIN_STEPS, ROLLOUTS, RETENTION, COMPARISONS, SIGNALS)
+              TRAIN_STEPS, ROLLOUTS, RETENTION, COMPARISONS, SIGNALS, CALIBRATION)
 }
 
 

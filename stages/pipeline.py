@@ -18,6 +18,7 @@ from engines.continuous import ContinuousGenerator
 from engines.generation import HFGenerator
 from engines.models import ModelConfig, fingerprint, load_model, precision_record
 from stages import analyze as analyze_stage
+from stages import calibrate as calibrate_stage
 from stages import contexts as contexts_stage
 from stages import evaluate as evaluate_stage
 from stages import induction as induction_stage
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 INGEST_SPEC = StageSpec(name="ingest", version=ingest_stage.VERSION, inputs={},
                         outputs={"examples": evaluate_stage.SPEC.inputs["examples"]})
+CALIBRATE_SPEC = StageSpec(name="calibrate", version=calibrate_stage.SPEC_VERSION, inputs={},
+                           outputs={"calibration": schemas.CALIBRATION})
+PRIMARY_METRICS = frozenset(evaluate_stage.PRIMARY.values())
 COMPARE_SPEC = StageSpec(name="compare", version=1, inputs={}, outputs={"comparisons": schemas.COMPARISONS})
 REPORT_SPEC = StageSpec(name="report", version=2, inputs={}, outputs={})  # 2: the base model's section
 
@@ -233,6 +237,28 @@ def _numbered(kind: str, schema, arts: list[Artifact]) -> tuple[dict, dict]:
     return names, {name: schema for name in names}
 
 
+def calibrate(store: Store, cfg: calibrate_stage.CalibrateConfig, evaluations: list[Artifact],
+              runs: list[list], *, force: bool = False) -> Artifact:
+    """The `calibration` table: validation scores of every (method, grid point, seed) run, labelled by
+    ``runs`` ([method, point label, seed] per evaluation), and each method's chosen point."""
+    evals, eval_schemas = _numbered("evaluate", schemas.SCORES, evaluations)
+    spec = replace(CALIBRATE_SPEC, inputs=eval_schemas)
+    key = {"calibrate": asdict(cfg), "runs": runs}
+
+    def compute(ws):
+        rows = []
+        for (method, point, seed), art in zip(runs, evaluations, strict=True):
+            for r in art.table("scores").to_pylist():
+                if r["split"] != "validation":
+                    raise ValueError(f"calibrate: {method} {point} seed {seed} was scored on {r['split']!r}, "
+                                     "not validation")
+                if r["metric"] in PRIMARY_METRICS:
+                    rows.append({**r, "method": method, "point": point, "seed": seed})
+        return {"calibration": calibrate_stage.choose(rows, cfg.points())}
+
+    return store.materialize(spec, key, evals, compute, force=force)
+
+
 def compare(store: Store, cfg: analyze_stage.AnalyzeConfig, evaluations: list[Artifact],
             analyses: list[Artifact], *, force: bool = False) -> Artifact:
     """The `comparisons` table over every evaluated run (paired per example)."""
@@ -253,7 +279,7 @@ def compare(store: Store, cfg: analyze_stage.AnalyzeConfig, evaluations: list[Ar
 
 def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluations: list[Artifact],
            trainings: list[tuple[str, int, Artifact]], analyses: list[Artifact], comparison: Artifact | None, *,
-           signals: list[Artifact] = (), force: bool = False) -> Artifact:
+           signals: list[Artifact] = (), calibration: list[Artifact] = (), force: bool = False) -> Artifact:
     """The experiment report (report.md, report.html, figures/*.png) as an artifact's files; `signals`:
     the signal diagnostics of the trained datasets."""
     from stages.report import write_report
@@ -262,8 +288,9 @@ def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluatio
     train_arts, train_schemas = _numbered("train", schemas.TRAIN_STEPS, [a for _, _, a in trainings])
     rets, ret_schemas = _numbered("analyze", schemas.RETENTION, analyses)
     sigs, sig_schemas = _numbered("signals", schemas.SIGNALS, list(signals))
-    inputs = {**evals, **train_arts, **rets, **sigs}
-    input_schemas = {**eval_schemas, **train_schemas, **ret_schemas, **sig_schemas}
+    cals, cal_schemas = _numbered("calibrate", schemas.CALIBRATION, list(calibration))
+    inputs = {**evals, **train_arts, **rets, **sigs, **cals}
+    input_schemas = {**eval_schemas, **train_schemas, **ret_schemas, **sig_schemas, **cal_schemas}
     if comparison is not None:
         inputs["compare"], input_schemas["compare"] = comparison, schemas.COMPARISONS
     spec = replace(REPORT_SPEC, inputs=input_schemas)
@@ -278,7 +305,8 @@ def report(store: Store, cfg: analyze_stage.AnalyzeConfig, title: str, evaluatio
                      train_steps=steps, predictions=[a.table("predictions") for a in evaluations],
                      retention=_concat([a.table("retention") for a in analyses]),
                      comparisons=comparison.table("comparisons") if comparison is not None else None,
-                     confidence=cfg.confidence, signals=_concat([a.table("signals") for a in signals]))
+                     confidence=cfg.confidence, signals=_concat([a.table("signals") for a in signals]),
+                     calibration=_concat([a.table("calibration") for a in calibration]))
         return {}
 
     return store.materialize(spec, key, inputs, compute, force=force)

@@ -17,6 +17,7 @@ import yaml
 from engines.models import ModelConfig, check_chat_template, resolve_path
 from engines.weights import check_weights
 from stages.analyze import AnalyzeConfig
+from stages.calibrate import CalibrateConfig
 from stages.contexts import ContextsConfig
 from stages.evaluate import EvaluateConfig
 from stages.induction import InductionConfig
@@ -85,6 +86,9 @@ class ExperimentConfig:
     """Retention metrics, paired comparisons and the report (after every evaluation)."""
     signals: SignalsConfig = field(default_factory=SignalsConfig)
     """Signal diagnostics before training: does the privileged teacher know more than the student?"""
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    """Choose each method's training setting on the validation split before the final runs (empty grid:
+    no calibration). See `stages.calibrate`."""
     threads: int | None = None
     """CPU threads for torch and every worker process (None = $UNISD_THREADS, else the cores this process
     may use: its CPU affinity and cgroup quota, not the host's count; shared among local DDP processes)."""
@@ -121,6 +125,14 @@ class ExperimentConfig:
             raise ValueError(f"threads: must be an integer >= 1 or null, got {self.threads!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is listed twice")
+        from stages.calibrate import point_label
+
+        for point in self.calibrate.points():  # every grid point must make a valid training config
+            for m in (m for m in self.methods if m != "base"):
+                try:
+                    self.run_config(m, 0, point)
+                except ValueError as e:
+                    raise ValueError(f"calibrate.grid point {point_label(point)} for {m}: {e}") from None
         labels = [d.label for d in self.datasets]
         for i, pair in enumerate(self.transfer):
             for side in ("train", "evaluate"):
@@ -163,11 +175,20 @@ class ExperimentConfig:
         """The training seeds of every method (`seeds`, or `train.seed` alone)."""
         return self.seeds or (self.train.seed,)
 
-    def run_config(self, method: str, seed: int) -> TrainConfig:
-        """`method_config(method)` with its training seed set to `seed`."""
+    def run_config(self, method: str, seed: int, point: dict | None = None) -> TrainConfig:
+        """`method_config(method)` with its training seed set to `seed` and a calibration grid `point`
+        (dotted training keys -> values) laid over it."""
         from dataclasses import replace
 
-        return replace(self.method_config(method), seed=seed)
+        from stages.calibrate import overlay
+
+        cfg = self.method_config(method)
+        if point:
+            try:
+                cfg = build(TrainConfig, overlay(to_dict(cfg), point), f"methods.{method}")
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return replace(cfg, seed=seed)
 
     def method_config(self, method: str) -> TrainConfig:
         """The training config of ``method``: `train` overlaid by `configs/methods/<method>.yaml`."""

@@ -83,6 +83,7 @@ SANDBOX = {"sandbox_timeout_s": POSITIVE, "sandbox_memory_mb": COUNT, "sandbox_w
 def rules() -> Mapping[type, Mapping[str, Bound]]:
     """Config class -> numeric field -> allowed range (imported lazily: the stage configs import a lot)."""
     from stages.analyze import AnalyzeConfig
+    from stages.calibrate import CalibrateConfig
     from stages.contexts import ContextsConfig
     from stages.evaluate import EvaluateConfig
     from stages.induction import InductionConfig
@@ -98,6 +99,7 @@ def rules() -> Mapping[type, Mapping[str, Bound]]:
         ExperimentConfig: {"seed": SEED, "seeds": SEED, "threads": COUNT},
         IngestConfig: {"limit": COUNT, "test_fraction": FRACTION, "validation_fraction": FRACTION,
                        "seed": SEED, "num_math_items": COUNT},
+        CalibrateConfig: {"seeds": SEED, "limit": COUNT},
         EvaluateConfig: {**GENERATION, **SANDBOX, "limit": COUNT, "num_samples": COUNT, "seed": SEED,
                          "chunk_size": COUNT, "max_prompt_chars": COUNT, "max_completion_chars": COUNT},
         train.TrainConfig: {"steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "lr": POSITIVE,

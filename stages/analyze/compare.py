@@ -8,6 +8,8 @@ with each baseline (the configured one, e.g. SFT, and the base model) on the exa
   CI: bootstrap over examples; p: two-sided paired sign-flip test on the per-example differences.
 * ``jsd_lower``: share of examples where the method's JSD to the base model is lower than the
   baseline's (ties count ½), per-example JSD averaged over seeds; CI: bootstrap over examples.
+* ``accuracy_mde``: the minimum detectable effect of that paired test (80% power at the confidence
+  level) from the spread of the per-example differences: how small a difference this many items resolve.
 * ``base_logp_higher``: share of examples where the base model gives the method's completion a higher
   mean log-prob than the baseline's (ties ½); same CI.
 
@@ -100,6 +102,8 @@ def compare(predictions: Iterable[pa.Table], retention: Iterable[pa.Table], *, b
                 diff, lo, hi = paired_bootstrap_diff(a, b, **kw)
                 out.append(_row(group, method, base, "accuracy_diff", diff, lo, hi,
                                 sign_flip_pvalue(a - b, seed=seed), len(ids)))
+                out.append(_row(group, method, base, "accuracy_mde", minimum_detectable_effect(a - b, confidence),
+                                None, None, None, len(ids)))
                 if base == BASE:
                     continue
                 for stat, values, lower in (("jsd_lower", jsd, True), ("base_logp_higher", base_logp, False)):
@@ -113,7 +117,21 @@ def compare(predictions: Iterable[pa.Table], retention: Iterable[pa.Table], *, b
     return schemas.conform(out, schemas.COMPARISONS)
 
 
+def minimum_detectable_effect(diffs: np.ndarray, confidence: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired test at ``confidence`` detects with
+    probability ``power``, given these per-example differences: (z_{1-α/2} + z_power) · sd(d) / √n
+    (normal approximation; nan with fewer than 2 examples)."""
+    from statistics import NormalDist
+
+    n = len(diffs)
+    if n < 2:
+        return float("nan")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2) + NormalDist().inv_cdf(power)
+    return float(z * np.std(diffs, ddof=1) / np.sqrt(n))
+
+
 def _row(dataset, method, baseline, statistic, value, lo, hi, p, n) -> dict:
     return {"dataset": dataset, "method": method, "baseline": baseline, "statistic": statistic,
-            "value": float(value), "ci_low": float(lo), "ci_high": float(hi),
+            "value": float(value), "ci_low": None if lo is None else float(lo),
+            "ci_high": None if hi is None else float(hi),
             "p_value": None if p is None else float(p), "n": int(n)}

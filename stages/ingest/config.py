@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from stages.ingest.formats import FAMILIES
 
@@ -69,6 +69,13 @@ class IngestConfig:
     num_math_items: int = 600
     """dataset=math: items generated in total, shared evenly across `math_tasks` (repeated questions
     are kept once, so the table can hold slightly fewer)."""
+    math_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """dataset=math: reasoning-gym settings per task (task -> {setting: value}, e.g.
+    {chain_sum: {min_terms: 2, max_terms: 2, max_digits: 1}}) to set its difficulty; a task not listed
+    uses reasoning-gym's defaults. An unknown setting is an error naming it."""
+    math_answer: Literal["reasoned", "direct"] = "reasoned"
+    """Maths prompt format: reasoned (reason briefly, then a final "Answer: <number>" line) or direct (only
+    the "Answer: <number>" line: short completions, so evaluation and rollouts are cheap)."""
 
     def __post_init__(self) -> None:
         from stages.ingest.registry import REGISTRY
@@ -78,6 +85,10 @@ class IngestConfig:
             pairs = value.items() if isinstance(value, dict) else value
             object.__setattr__(self, attr, tuple(sorted((str(k), str(v)) for k, v in pairs)))
         object.__setattr__(self, "math_tasks", tuple(self.math_tasks))
+        object.__setattr__(self, "math_params", {str(k): dict(v) for k, v in dict(self.math_params).items()})
+        bad = [t for t in self.math_params if t not in self.math_tasks]
+        if bad:
+            raise ValueError(f"math_params.{bad[0]}: not one of math_tasks ({', '.join(self.math_tasks)})")
         if self.dataset not in REGISTRY:
             raise ValueError(f"unknown dataset {self.dataset!r} (valid: {', '.join(REGISTRY)})")
         if self.dataset == "local" and self.source == "bundled":

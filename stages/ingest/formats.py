@@ -94,8 +94,12 @@ def mcqa_prompt(question: str, options: list[str], context: str | None = None) -
     return "\n".join(parts)
 
 
-def math_prompt(question: str) -> str:
-    """The maths student prompt: the problem and the required final-line format."""
+def math_prompt(question: str, answer: str = "reasoned") -> str:
+    """The maths student prompt: the problem and the required final-line format (``answer``: reasoned =
+    brief reasoning first, direct = the answer line alone)."""
+    if answer == "direct":
+        return (f"Solve the following problem.\n\n{question.strip()}\n\n"
+                'Give only the final answer, on one line, as "Answer: <number>".')
     return (
         f"Solve the following problem.\n\n{question.strip()}\n\n"
         "Reason step by step, briefly, then give the final answer on the last line as "

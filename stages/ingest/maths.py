@@ -45,8 +45,10 @@ def generate_math(cfg: IngestConfig, cache_dir: Path) -> list[Record]:
         if size == 0:
             continue
         try:
-            items = list(reasoning_gym.create_dataset(task, size=size, seed=cfg.seed))
-        except (KeyError, ValueError) as e:
+            items = list(reasoning_gym.create_dataset(task, size=size, seed=cfg.seed, **cfg.math_params.get(task, {})))
+        except TypeError as e:  # an unknown setting of the task's config dataclass
+            raise ValueError(f"math_params.{task}: {e}") from None
+        except (KeyError, ValueError, AssertionError) as e:
             raise ValueError(f"math_tasks: reasoning-gym cannot generate {task!r}: {e}") from None
         for item in items:
             question = normalise(str(item.get("question", "")))
@@ -67,8 +69,11 @@ def reasoning_gym_item(rec: dict[str, Any], cfg: IngestConfig) -> Draft:
     rationale = optional_text(metadata.get("answer_cot"))
     meta = {"task": rec.get("task"), "source_index": metadata.get("source_index"),
             "difficulty": metadata.get("difficulty")}
-    return Draft(prompt=math_prompt(question), reference=reference(answer, rationale), answer=answer,
-                 rationale=rationale, meta={k: v for k, v in meta.items() if v is not None})
+    # a direct-answer prompt asks for the answer line alone: its gold reference is that line (the worked
+    # solution stays in `rationale`)
+    shown = None if cfg.math_answer == "direct" else rationale
+    return Draft(prompt=math_prompt(question, cfg.math_answer), reference=reference(answer, shown),
+                 answer=answer, rationale=rationale, meta={k: v for k, v in meta.items() if v is not None})
 
 
 def gsm8k(rec: dict[str, Any], cfg: IngestConfig) -> Draft:

@@ -24,6 +24,7 @@ from stages.analyze.compare import group_label as column_label
 from stages.report import plots
 from stages.report.base import base_sections
 from stages.report.plots import Run
+from stages.report.calibration import calibration_section
 from stages.report.signals import signal_section
 
 PRIMARY_METRICS = ("accuracy", "pass@1", "full_acc")
@@ -202,7 +203,8 @@ def split_phrase(scores: Scores) -> str:
 
 
 def _sections(scores: Scores, retention: pa.Table | None, comparisons: pa.Table | None,
-              confidence: float, signals: pa.Table | None = None, predictions: Scores | None = None) -> list[_Section]:
+              confidence: float, signals: pa.Table | None = None, predictions: Scores | None = None,
+              calibration: pa.Table | None = None) -> list[_Section]:
     level = f"{confidence:.0%}"
     columns, rows = summary_table(scores, confidence)
     metrics = "; ".join(f"{d}: {m}" for d, m in primary_metrics(scores).items())
@@ -238,6 +240,8 @@ def _sections(scores: Scores, retention: pa.Table | None, comparisons: pa.Table 
             text_columns=4))
     if (section := signal_section(signals)) is not None:
         out.append(_Section(*section, text_columns=2))
+    if (section := calibration_section(calibration)) is not None:
+        out.append(_Section(*section, text_columns=4))
     return out
 
 
@@ -251,11 +255,11 @@ def _md_table(s: _Section) -> list[str]:
 def report_markdown(title: str, scores: Scores, *, retention: pa.Table | None = None,
                     comparisons: pa.Table | None = None, figures: Mapping[str, str] | None = None,
                     confidence: float = 0.95, signals: pa.Table | None = None,
-                    predictions: Scores | None = None) -> str:
+                    predictions: Scores | None = None, calibration: pa.Table | None = None) -> str:
     """The report as Markdown; ``figures`` maps a caption to an image path relative to the report;
     ``predictions`` (optional) adds the base model's section (`stages.report.base`)."""
     lines = [f"# {title}", ""]
-    for s in _sections(scores, retention, comparisons, confidence, signals, predictions):
+    for s in _sections(scores, retention, comparisons, confidence, signals, predictions, calibration):
         lines += [f"## {s.heading}", "", s.note, ""]
         lines += [*_md_table(s), ""] if s.rows else []
     if figures:
@@ -292,11 +296,12 @@ def _html_table(s: _Section) -> str:
 
 def report_html(title: str, scores: Scores, *, retention: pa.Table | None = None,
                 comparisons: pa.Table | None = None, figures: Mapping[str, bytes] | None = None,
-                confidence: float = 0.95, signals: pa.Table | None = None, predictions: Scores | None = None) -> str:
+                confidence: float = 0.95, signals: pa.Table | None = None, predictions: Scores | None = None,
+                calibration: pa.Table | None = None) -> str:
     """The report as one self-contained HTML page: inline CSS, ``figures`` (caption → PNG) as data URIs."""
     parts = [f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n<title>{html.escape(title)}</title>",
              f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>"]
-    for s in _sections(scores, retention, comparisons, confidence, signals, predictions):
+    for s in _sections(scores, retention, comparisons, confidence, signals, predictions, calibration):
         parts += [f"<h2>{html.escape(s.heading)}</h2>", f"<p class=note>{html.escape(s.note)}</p>"]
         parts += [_html_table(s)] if s.rows else []
     if figures:
@@ -341,7 +346,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 def write_report(out_dir: Path, *, title: str, scores: Scores, train_steps: Sequence[Run] = (),
                  retention: pa.Table | None = None, comparisons: pa.Table | None = None,
                  confidence: float = 0.95, signals: pa.Table | None = None,
-                 predictions: Scores | None = None) -> dict[str, Path]:
+                 predictions: Scores | None = None, calibration: pa.Table | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png`` under ``out_dir``; return them by relative name.
 
     Everything is rendered in memory before the first write and each file is replaced atomically, so a
@@ -351,7 +356,7 @@ def write_report(out_dir: Path, *, title: str, scores: Scores, train_steps: Sequ
     out_dir = Path(out_dir)
     pngs = render_figures(scores, train_steps, retention, confidence)
     kwargs = {"retention": retention, "comparisons": comparisons, "confidence": confidence, "signals": signals,
-              "predictions": predictions}
+              "predictions": predictions, "calibration": calibration}
     md = report_markdown(title, scores, figures={FIGURES[n]: f"figures/{n}" for n in pngs}, **kwargs)
     page = report_html(title, scores, figures={FIGURES[n]: png for n, png in pngs.items()}, **kwargs)
     written = {}

@@ -186,12 +186,12 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
                   for mb in batches]
     weights, metrics = (agreement_weights(cfg, batches, scores) if cfg.needs_teacher
                         else ([(None, None)] * len(batches), {}))
-    scored = time.perf_counter()
     norm = step_normalizers(acc, cfg, batches, weights)
     if cfg.needs_teacher and cfg.clip.quantile is not None:
         with acc.autocast():
             values = clip_values(run.student, weight, batches, scores, cfg)
         norm.clip_threshold = clip_threshold(cfg, [_gather_values(acc, torch.cat(values))])
+    scored = time.perf_counter()
     run.student.train()
     parts, loss_value = [], 0.0
     for i, (mb, sc, w) in enumerate(zip(batches, scores, weights)):

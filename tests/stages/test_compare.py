@@ -78,3 +78,17 @@ def test_a_clear_gain_is_significant_and_no_gain_is_not():
     s = _stats(compare([base, better, same], [], baseline="none", n_resamples=500))
     assert s[("ds", "sd", "base", "accuracy_diff")]["p_value"] < 0.01
     assert s[("ds", "sft", "base", "accuracy_diff")]["p_value"] == 1.0
+
+
+def test_minimum_detectable_effect_closed_form_and_shrinks_with_n():
+    from statistics import NormalDist
+
+    import numpy as np
+
+    from stages.analyze.compare import minimum_detectable_effect
+
+    d = np.array([1.0, 0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    assert minimum_detectable_effect(d) == pytest.approx(z * d.std(ddof=1) / np.sqrt(len(d)))
+    assert minimum_detectable_effect(np.tile(d, 4)) < minimum_detectable_effect(d) / 1.9  # ~1/sqrt(4)
+    assert np.isnan(minimum_detectable_effect(np.array([1.0])))

@@ -22,7 +22,7 @@ from unisd.configtools import ConfigError
 from unisd.constraints import Bound, rules
 
 # one item in each list of numbers, so the walk reaches `seeds.0` too
-BASE = ["seeds=[3]"]
+BASE = ["seeds=[3]", "calibrate.seeds=[0]"]
 
 
 def _numeric(tp: Any) -> type | None:
