@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,6 +135,15 @@ class IngestConfig:
         if self.dataset == "math" and (not self.math_tasks or self.num_math_items < 1):
             raise ValueError("dataset math needs at least one math_tasks entry and num_math_items >= 1")
 
+    def task_params(self, task: str) -> dict[str, Any]:
+        """dataset=math: the reasoning-gym settings of ``task`` (lists restored), {} when not given."""
+        return dict(self.math_params.get(task, {}))
+
+    def __hash__(self) -> int:  # math_params is a mapping: hash a frozen copy of it with the other fields
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["math_params"] = _frozen(fields["math_params"])
+        return hash(tuple(fields.items()))
+
     @property
     def label(self) -> str:
         """The value of the `dataset` column and the id prefix."""
@@ -142,3 +152,13 @@ class IngestConfig:
         if self.dataset == "local" and self.path:
             return Path(self.path).stem
         return self.dataset
+
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable copy of nested mappings and lists."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value

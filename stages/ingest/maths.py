@@ -45,7 +45,7 @@ def generate_math(cfg: IngestConfig, cache_dir: Path) -> list[Record]:
         if size == 0:
             continue
         try:
-            items = list(reasoning_gym.create_dataset(task, size=size, seed=cfg.seed, **cfg.math_params.get(task, {})))
+            items = list(reasoning_gym.create_dataset(task, size=size, seed=cfg.seed, **cfg.task_params(task)))
         except TypeError as e:  # an unknown setting of the task's config dataclass
             raise ValueError(f"math_params.{task}: {e}") from None
         except (KeyError, ValueError, AssertionError) as e:

@@ -132,6 +132,29 @@ def test_bundled_math_answers_are_correct_by_reasoning_gym() -> None:
         assert scorer.score_answer(r["answer"], entry) == 1.0
 
 
+def test_math_params_set_the_difficulty_and_direct_answers_ask_for_the_answer_line_alone() -> None:
+    import re
+
+    cfg = IngestConfig(dataset="math", num_math_items=60, math_tasks=("chain_sum",), math_answer="direct",
+                       math_params={"chain_sum": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}})
+    rows = run(cfg, Path("."))["examples"].to_pylist()
+    for r in rows:
+        terms = re.findall(r"\d+", r["prompt"].split("problem:")[-1].split("=")[0])
+        assert len(terms) == 2 and all(len(t) == 1 for t in terms), r["prompt"]
+        assert 'Give only the final answer, on one line, as "Answer: <number>".' in r["prompt"]
+        assert "step by step" not in r["prompt"] and r["reference"] == f"Answer: {r['answer']}"
+    assert {r["reference"] for r in rows} != {r["reference"] for r in run(IngestConfig(
+        dataset="math", num_math_items=60, math_tasks=("chain_sum",)), Path("."))["examples"].to_pylist()}
+    assert hash(cfg) == hash(IngestConfig(**{**cfg.__dict__}))
+
+
+@pytest.mark.parametrize(("params", "message"), [({"chain_sum": {"no_such": 1}}, r"math_params.chain_sum: .*no_such"),
+                                                 ({"gcd": {"min_value": 2}}, "math_params.gcd: not one of math_tasks")])
+def test_bad_math_params_are_one_line(params, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        examples(dataset="math", math_tasks=("chain_sum",), num_math_items=3, math_params=params)
+
+
 def test_unknown_math_task_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no_such_task"):
         examples(dataset="math", math_tasks=("no_such_task",), num_math_items=3)
