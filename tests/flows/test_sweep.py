@@ -100,5 +100,7 @@ def test_a_models_sweep_gives_each_model_its_runs_and_report(tmp_path, tiny_mode
         assert md.startswith("# smoke_train") and "| sd |" in md
     rows = query(store, "SELECT stage, count(*) n FROM artifacts GROUP BY stage").to_pylist()
     stages = {r["stage"]: r["n"] for r in rows}
-    assert (stages["ingest"], stages["contexts"]) == (2, 2)  # shared by both models
+    # shared by both models: per dataset one privileged view set (sd) and one random-donor view set (the
+    # signals' agreement spread, since sd has no views of its own)
+    assert (stages["ingest"], stages["contexts"], stages["signals"]) == (2, 4, 4)
     assert (stages["train"], stages["compare"], stages["report"]) == (4, 2, 2)  # 2 models × 2 datasets
