@@ -199,6 +199,8 @@ def _seeds_phrase(rows: list[dict], columns: list[str]) -> str:
 def split_phrase(scores: Scores) -> str:
     """Which examples split the scores come from: "the test split", "the validation and test splits"."""
     splits = sorted({r.get("split") or "unrecorded" for r in _score_rows(scores)})
+    if not splits:  # e.g. a calibration-only report: nothing was scored on a final split
+        return "no split (nothing scored)"
     return f"the {splits[0]} split" if len(splits) == 1 else f"the {', '.join(splits[:-1])} and {splits[-1]} splits"
 
 

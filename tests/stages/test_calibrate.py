@@ -73,3 +73,14 @@ def test_a_grid_point_that_breaks_a_method_is_refused_up_front():
         load_experiment("study", overrides=["calibrate.grid={lr: [0.0001, -1.0]}"], check_model=False)
     with pytest.raises(ConfigError, match="no training setting 'nope'"):
         load_experiment("study", overrides=["calibrate.grid={nope: [1]}"], check_model=False)
+
+
+def test_a_calibration_only_report_has_its_section_and_no_scores():
+    from stages.report import report_markdown
+
+    points = [{"lr": 1e-4}, {"lr": 1e-3}]
+    table = choose([_row("base", "", None, 0.1), _row("sd", "lr=0.0001", 0, 0.2), _row("sd", "lr=0.001", 0, 0.3)],
+                   points)
+    md = report_markdown("calibrate", [], calibration=table)
+    assert "No scores." in md and "## Calibration (validation split)" in md
+    assert "| d | sd | lr=0.001 | accuracy | 0.300 | 1 | 10 | ✓ |" in md
