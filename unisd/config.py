@@ -106,9 +106,9 @@ class ExperimentConfig:
             if d.dataset not in REGISTRY:
                 raise ValueError(f"datasets[{i}].dataset: unknown dataset {d.dataset!r} "
                                  f"(known: {', '.join(sorted(REGISTRY))})")
-        names = [d.dataset if d.dataset != "local" else (d.path or "") for d in self.datasets]
+        names = [d.label for d in self.datasets]  # one dataset may appear twice under two names (math tasks)
         if len(set(names)) != len(names):
-            raise ValueError("datasets: the same dataset is listed twice")
+            raise ValueError("datasets: the same dataset is listed twice (give one a different name)")
         known = method_names()
         unknown = [m for m in self.methods if m != "base" and m not in known]
         if unknown:

@@ -37,12 +37,19 @@ def test_overrides_are_typed_and_applied():
     ("transfer=[{train: medmcqa, evaluate: gpqa}]", "transfer[0].evaluate: 'gpqa' is not one of the datasets"),
     ("transfer=[{train: medmcqa, evaluate: medmcqa}]", "train and evaluate are the same dataset"),
     ("analyze.confidence=1.2", "analyze.confidence: must be in (0, 1), got 1.2"),
+    ("datasets.2.dataset=medmcqa", "datasets: the same dataset is listed twice"),
 ])
 def test_bad_config_is_one_clear_line(override, message):
     with pytest.raises(ConfigError) as err:
         load_experiment("smoke", overrides=[override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_one_dataset_under_two_names_is_two_datasets():
+    exp = load_experiment("candidates", check_model=False)
+    labels = [d.label for d in exp.datasets]
+    assert len(labels) == len(set(labels)) and sum(d.dataset == "math" for d in exp.datasets) >= 4
 
 
 def test_unknown_preset_lists_known():
