@@ -17,19 +17,18 @@ from unisd.config import ExperimentConfig
 VALIDATION = "validation"
 
 
-def calibrate(run: Callable, store: Store, exp: ExperimentConfig, examples: dict, has_train: dict,
+def calibrate(run: Callable, store: Store, exp: ExperimentConfig, examples: dict, splits: dict[str, set[str]],
               train: Callable) -> tuple[tuple[str, str] | None, dict[tuple[str, str], dict]]:
     """Train and validate every grid point; returns the calibrate artifact ref and the chosen points,
-    (dataset, method) -> point. ``train(tcfg, method, seed, name, examples_ref, point)`` submits one
-    training (the flow's own `_train`)."""
+    (dataset, method) -> point. ``splits``: each dataset's splits (read once by the flow);
+    ``train(tcfg, method, seed, name, examples_ref, point)`` submits one training (the flow's `_train`)."""
     cal = exp.calibrate
     points = cal.points()
     evaluations, labels = [], []
     for name, ref in examples.items():
-        if not has_train[name]:
+        if "train" not in splits[name]:
             continue
-        split = set(store.get(*ref).table("examples").column("split").to_pylist())
-        if VALIDATION not in split:
+        if VALIDATION not in splits[name]:
             raise ValueError(f"calibrate: dataset {name!r} has no validation split (set its validation_fraction "
                              "above 0, or map a native split to validation)")
         if "base" in exp.methods:

@@ -121,8 +121,9 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
     if only == "ingest":
         runs.prepared = list(examples.values())
         return runs
-    has_train = {name: "train" in store.get(*ref).table("examples").column("split").to_pylist()
-                 for name, ref in examples.items()}
+    splits = {name: set(store.get(*ref).table("examples").column("split").to_pylist())
+              for name, ref in examples.items()}
+    has_train = {name: "train" in s for name, s in splits.items()}
     if only in PREP:
         runs.prepared = [_prep_only(run, exp, only, name, ref) for name, ref in examples.items() if has_train[name]]
         return runs
@@ -131,10 +132,8 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
             runs.signals.append(_signals(run, exp, name, ref))
     chosen: dict = {}
     if exp.calibrate.enabled:  # on the validation split, before anything reads test
-        def train_point(tcfg, method, seed, name, ref, point):
-            return _train(run, exp, tcfg, method, seed, name, ref, point)
-
-        cal, chosen = calibration.calibrate(run, store, exp, examples, has_train, train_point)
+        cal, chosen = calibration.calibrate(run, store, exp, examples, splits,
+                                            lambda *args: _train(run, exp, *args))
         if cal is not None:
             runs.calibration.append(cal)
     # retention and comparisons describe trained models: a base-only experiment gets just the report
