@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.unisd-installed
 PRESET ?= default
 
-.PHONY: setup run test test-all bench bench-trl lint clean-store lock
+.PHONY: setup run test test-all bench bench-trl gpu-check lint clean-store lock
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ bench-trl: setup  ## the gkd preset vs TRL's GKDTrainer (TRL goes into .venv-trl
 	test -x .venv-trl/bin/python || (python3 -m venv .venv-trl && .venv-trl/bin/pip install -q torch==2.13.0 \
 		trl==1.16.0 transformers==5.23.0 peft==0.21.2 accelerate==1.15.0)
 	$(PY) benchmarks/trl_gkd.py --trl-python .venv-trl/bin/python
+
+gpu-check:  ## sd and unisd_star train steps at Qwen2.5-0.5B's shape on CUDA (uses your own torch, no setup)
+	bash scripts/gpu_check.sh
 
 lock:  ## regenerate requirements.lock from a fresh venv (after changing dependencies in pyproject.toml)
 	bash scripts/lock.sh
