@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows import calibration, tracking  # noqa: E402
+from flows import calibration, fanout, tracking  # noqa: E402
 from stages import pipeline  # noqa: E402
 from stages.calibrate import point_label  # noqa: E402
 from storage import Store  # noqa: E402
@@ -108,15 +109,25 @@ def run_experiment(exp: ExperimentConfig, force: set[str] = frozenset(), only: s
     return runs
 
 
-def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix: str) -> Runs:
-    """`run_experiment` on the experiment's single model; `suffix` tags its task names."""
+JOB_STAGES = frozenset({"train", "evaluate", "analyze"})
+"""The stages a job runs; when jobs were fanned out, the flow collects their artifacts unforced."""
+
+
+def runner(exp: ExperimentConfig, force: set[str] | frozenset[str], suffix: str = "") -> Callable:
+    """``run(stage, label, **args) -> (stage, key)``: one stage as a task of the current flow run."""
     root = str(exp.store_path)
-    store = Store(root)
-    runs = Runs()
 
     def run(stage: str, label: str, **args) -> tuple[str, str]:
         return stage, stage_task(stage, label + suffix, root, exp, args, stage in force)
 
+    return run
+
+
+def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix: str) -> Runs:
+    """`run_experiment` on the experiment's single model; `suffix` tags its task names."""
+    store = Store(str(exp.store_path))
+    runs = Runs()
+    run = runner(exp, force, suffix)
     examples = {ds.label: run("ingest", ds.label, index=i) for i, ds in enumerate(exp.datasets)}
     if only == "ingest":
         runs.prepared = list(examples.values())
@@ -130,37 +141,30 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
     for name, ref in examples.items():
         if exp.signals.enabled and _trained(exp, name, has_train[name]):  # before the first training
             runs.signals.append(_signals(run, exp, name, ref))
+
+    def phase(jobs: list[dict]) -> list:
+        """Run `jobs` (fanned out when `parallel`/`pool` say so) and return each one's artifacts, in order."""
+        for job in jobs:  # shared inputs are built once, here, before any job starts
+            if "method" in job:
+                _method_contexts(run, exp.run_config(job["method"], job["seed"], job.get("point")), job["dataset"],
+                                 examples[job["dataset"]])
+        fanned = fanout.dispatch(exp, examples, jobs, force, suffix)
+        collect = runner(exp, force - JOB_STAGES, suffix) if fanned else run
+        return [execute_job(collect, exp, examples, job) for job in jobs]
+
     chosen: dict = {}
     if exp.calibrate.enabled:  # on the validation split, before anything reads test
-        cal, chosen = calibration.calibrate(run, store, exp, examples, splits,
-                                            lambda *args: _train(run, exp, *args))
+        cjobs = calibration.jobs(exp, splits)
+        cal, chosen = calibration.calibrate(run, store, exp, list(zip(cjobs, phase(cjobs), strict=True)))
         if cal is not None:
             runs.calibration.append(cal)
-    # retention and comparisons describe trained models: a base-only experiment gets just the report
-    analyze = exp.analyze.enabled and any(m != "base" for m in exp.methods)
-    final = not (exp.calibrate.enabled and exp.calibrate.only)
-    if "base" in exp.methods and final:
-        for name, ref in examples.items():
-            ev = run("evaluate", f"base-{name}", method="base", inputs={"examples": ref})
-            runs.add(ev, run("analyze", f"base-{name}", method="base", inputs={"examples": ref, "evaluate": ev})
-                     if analyze else None)
-    for name, ref in (examples.items() if final else ()):
-        targets = [name] + [p.evaluate for p in exp.transfer if p.train == name]
-        for method in (m for m in exp.methods if m != "base"):
-            tcfg = exp.method_config(method)
-            if not has_train[name] or (tcfg.datasets and name not in tcfg.datasets):
-                continue
-            point = chosen.get((name, method))
-            for seed in exp.seed_list:
-                ckpt = _train(run, exp, exp.run_config(method, seed, point), method, seed, name, ref, point)
-                runs.trainings.append((method, seed, ckpt))
-                for target in targets:
-                    label = f"{method}-s{seed}-{name}" + (f"-on-{target}" if target != name else "")
-                    tag = {"method": method, "seed": seed, "trained_on": name}
-                    ev = run("evaluate", label, **tag, inputs={"examples": examples[target], "checkpoint": ckpt})
-                    an = run("analyze", label, **tag, inputs={"examples": examples[target], "evaluate": ev,
-                                                              "checkpoint": ckpt}) if analyze else None
-                    runs.add(ev, an)
+    if not (exp.calibrate.enabled and exp.calibrate.only):
+        for job, (ckpt, evaluated) in zip(jobs := _final_jobs(exp, examples, has_train, chosen), phase(jobs),
+                                          strict=True):
+            if ckpt is not None:
+                runs.trainings.append((job["method"], job["seed"], ckpt))
+            for ev, an in evaluated:
+                runs.add(ev, an)
     if exp.analyze.enabled and (runs.evaluations or runs.calibration):
         inputs = runs.inputs()
         cmp = run("compare", exp.name, inputs=inputs) if runs.analyses else None
@@ -173,6 +177,50 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
                      inputs={**inputs, **train_inputs})
         runs.reports.append((exp.model.label, report))
     return runs
+
+
+def _final_jobs(exp: ExperimentConfig, examples: dict, has_train: dict[str, bool], chosen: dict) -> list[dict]:
+    """The final runs as jobs, in report order: the base model on every dataset, then per dataset every
+    method × seed at its chosen calibration point (if any)."""
+    jobs: list[dict] = []
+    if "base" in exp.methods:
+        jobs += [{"kind": "base", "dataset": name} for name in examples]
+    for name in examples:
+        for method in (m for m in exp.methods if m != "base"):
+            tcfg = exp.method_config(method)
+            if not has_train[name] or (tcfg.datasets and name not in tcfg.datasets):
+                continue
+            jobs += [{"kind": "final", "dataset": name, "method": method, "seed": seed,
+                      "point": chosen.get((name, method))} for seed in exp.seed_list]
+    return jobs
+
+
+def execute_job(run: Callable, exp: ExperimentConfig, examples: dict, job: dict):
+    """One job's chain of stages through ``run``. Returns the validation evaluate ref (calibration jobs) or
+    (checkpoint ref or None, [(evaluate ref, analyze ref or None), ...]) (final jobs)."""
+    name, kind = job["dataset"], job["kind"]
+    train = lambda *args: _train(run, exp, *args)  # noqa: E731
+    if kind == "validate_base":
+        return calibration.validate_base(run, exp, name, examples[name])
+    if kind == "validate":
+        return calibration.validate(run, exp, train, name, examples[name], job["method"], job["seed"], job["point"])
+    analyze = exp.analyze.enabled and any(m != "base" for m in exp.methods)  # retention describes trained models
+    if kind == "base":
+        ev = run("evaluate", f"base-{name}", method="base", inputs={"examples": examples[name]})
+        an = run("analyze", f"base-{name}", method="base",
+                 inputs={"examples": examples[name], "evaluate": ev}) if analyze else None
+        return None, [(ev, an)]
+    method, seed, point = job["method"], job["seed"], job.get("point")
+    ckpt = train(exp.run_config(method, seed, point), method, seed, name, examples[name], point)
+    out = []
+    for target in [name] + [p.evaluate for p in exp.transfer if p.train == name]:
+        label = f"{method}-s{seed}-{name}" + (f"-on-{target}" if target != name else "")
+        tag = {"method": method, "seed": seed, "trained_on": name}
+        ev = run("evaluate", label, **tag, inputs={"examples": examples[target], "checkpoint": ckpt})
+        an = run("analyze", label, **tag, inputs={"examples": examples[target], "evaluate": ev,
+                                                  "checkpoint": ckpt}) if analyze else None
+        out.append((ev, an))
+    return ckpt, out
 
 
 class Runs:

@@ -92,6 +92,20 @@ class ExperimentConfig:
     threads: int | None = None
     """CPU threads for torch and every worker process (None = $UNISD_THREADS, else the cores this process
     may use: its CPU affinity and cgroup quota, not the host's count; shared among local DDP processes)."""
+    parallel: int = 1
+    """Independent jobs run at once after the shared artifacts (ingest, negatives, retrieval, induction,
+    contexts, signals) are built: each (method, seed, dataset) chain train → evaluate → analyze, each base
+    evaluation and each calibration training with its validation scoring is one job. 1 = one after another
+    in this process (the default); N > 1 = N job processes on this machine, each with `threads` / N CPU
+    threads and, with `devices`, a device of its own; with `pool`, at most N jobs in flight on the pool."""
+    devices: tuple[str, ...] = ()
+    """Devices the local job processes are pinned to, one per process (`CUDA_VISIBLE_DEVICES` of each; a
+    comma list like "0,1" gives one process two GPUs); empty = no pinning. Ignored with `pool` (pin each
+    worker instead). Needs at least `parallel` entries."""
+    pool: str | None = None
+    """Prefect work pool that runs the jobs (deployment `unisd-job/<pool>`, registered by `unisd deploy
+    --pool NAME`; its workers may be on other machines that see the same store path). Needs a Prefect
+    server in PREFECT_API_URL. None = the jobs run on this machine."""
     tracking: tuple[str, ...] = ()
     """Experiment trackers that mirror every training step, the resolved config and the final scores, one
     run per (model, method, seed, dataset): any of mlflow, tensorboard, wandb (`pip install
@@ -115,6 +129,9 @@ class ExperimentConfig:
             raise ValueError(f"methods: unknown method {unknown[0]!r} (available: base, {', '.join(known)})")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError("methods: a method is listed twice")
+        if self.evaluate.engine == "openai" and set(self.methods) != {"base"}:
+            raise ValueError("methods: evaluate.engine=openai scores the server's one model, so methods must be "
+                             "[base] (to score a checkpoint, serve its `unisd export --merged` folder)")
         for m in self.methods:
             if m != "base":
                 self.method_config(m)  # validate every method's merged training config up front
@@ -123,6 +140,13 @@ class ExperimentConfig:
             raise ValueError("models: two models have the same label (set model.name to tell them apart)")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise ValueError(f"threads: must be an integer >= 1 or null, got {self.threads!r}")
+        if isinstance(self.parallel, bool) or not isinstance(self.parallel, int) or self.parallel < 1:
+            raise ValueError(f"parallel: must be an integer >= 1, got {self.parallel!r}")
+        if self.devices and len(self.devices) < self.parallel and self.pool is None:
+            raise ValueError(f"devices: {len(self.devices)} device(s) for parallel: {self.parallel} job processes "
+                             "(give one device per process, or leave devices empty)")
+        if self.pool is not None and not self.pool.strip():
+            raise ValueError("pool: empty work pool name (leave it null to run the jobs on this machine)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is listed twice")
         from stages.calibrate import point_label

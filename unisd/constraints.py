@@ -96,12 +96,14 @@ def rules() -> Mapping[type, Mapping[str, Bound]]:
     from unisd.config import ExperimentConfig
 
     return {
-        ExperimentConfig: {"seed": SEED, "seeds": SEED, "threads": COUNT},
+        ExperimentConfig: {"seed": SEED, "seeds": SEED, "threads": COUNT, "parallel": COUNT},
         IngestConfig: {"limit": COUNT, "test_fraction": FRACTION, "validation_fraction": FRACTION,
                        "seed": SEED, "num_math_items": COUNT},
         CalibrateConfig: {"seeds": SEED, "limit": COUNT},
         EvaluateConfig: {**GENERATION, **SANDBOX, "limit": COUNT, "num_samples": COUNT, "seed": SEED,
-                         "chunk_size": COUNT, "max_prompt_chars": COUNT, "max_completion_chars": COUNT},
+                         "chunk_size": COUNT, "max_prompt_chars": COUNT, "max_completion_chars": COUNT,
+                         "request_timeout_s": POSITIVE, "request_retries": NON_NEGATIVE, "vllm_gpu_memory": OPEN_UNIT,
+                         "vllm_max_lora_rank": COUNT},
         train.TrainConfig: {"steps": COUNT, "batch_size": COUNT, "grad_accum": COUNT, "lr": POSITIVE,
                             "warmup_ratio": BELOW_ONE, "weight_decay": NON_NEGATIVE, "max_grad_norm": POSITIVE,
                             "seed": SEED, "score_batch_tokens": COUNT, "checkpoint_every": COUNT,
