@@ -156,20 +156,28 @@ def evaluate(store: Store, model: ModelConfig, cfg: evaluate_stage.EvaluateConfi
     inputs = {"examples": examples}
     spec = evaluate_stage.SPEC
     weights = fingerprint(model.path)
+    base = model
+    if checkpoint is not None and cfg.engine == "openai":
+        raise ValueError(f"evaluate.engine=openai scores the server's model, not the {method} checkpoint: export "
+                         "it (`unisd export --merged`), serve that folder, and evaluate it as model.path")
     if checkpoint is not None:
         merged = checkpoint.file("checkpoint/merged")
         model = replace(model, path=str(merged), name=model.label)
         weights = f"train:{checkpoint.key}"
         inputs["checkpoint"] = checkpoint
         spec = replace(spec, inputs={**spec.inputs, "checkpoint": train_stage.SPEC.outputs["train_steps"]})
-    precision = precision_record(model.dtype, model.device)
+    precision = (precision_record(model.dtype, model.device) if cfg.engine != "openai"
+                 else {"dtype": "served", "device": cfg.base_url})  # the server's precision is its own
     model = replace(model, dtype=precision["dtype"])  # the key names the dtype actually used
-    key_config = {"evaluate": asdict(cfg), "model": weights, "model_label": model.label,
+    key_config = {"evaluate": cfg.key(), "model": weights, "model_label": model.label,
                   "dtype": model.dtype, "method": method, "seed": seed, "trained_on": trained_on}
 
     def compute(ws):
-        m, tok = _loaded(model)
-        gen = _generator(cfg, m, tok)
+        if cfg.remote:
+            gen = _remote_generator(cfg, model, base, checkpoint)
+        else:
+            m, tok = _loaded(model)
+            gen = _generator(cfg, m, tok)
         out = evaluate_stage.run(cfg, examples.table("examples"), gen, ws, model.label, method)
         out["scores"] = _with_columns(out["scores"], split=cfg.split, eval_limit=cfg.limit,
                                       precision=model.dtype)
@@ -188,6 +196,30 @@ def _generator(cfg: evaluate_stage.EvaluateConfig, model, tokenizer):
                   on_long_prompt=cfg.on_long_prompt)
 
 
+def _remote_generator(cfg: evaluate_stage.EvaluateConfig, model: ModelConfig, base: ModelConfig,
+                      checkpoint: Artifact | None):
+    """The vllm or openai engine of `cfg` for ``model`` (a ``checkpoint`` of ``base``, or ``base`` itself)."""
+    from engines.models import load_tokenizer, resolve_path
+
+    tok = load_tokenizer(model.path, model.chat_template)
+    if cfg.engine == "openai":
+        from engines.openai_eval import OpenAICompletions
+
+        return OpenAICompletions(cfg.base_url, cfg.served_model, tok, batch_size=cfg.batch_size,
+                                 max_prompt_tokens=cfg.max_prompt_tokens, on_long_prompt=cfg.on_long_prompt,
+                                 api_key_env=cfg.api_key_env, timeout_s=cfg.request_timeout_s,
+                                 retries=cfg.request_retries)
+    from engines.vllm_eval import VLLMEvaluator, adapter_rank
+
+    folder = checkpoint.file("checkpoint") if checkpoint is not None else None
+    lora = folder is not None and adapter_rank(folder) is not None  # else full fine-tuning: the merged weights
+    return VLLMEvaluator(resolve_path(base.path if lora or folder is None else model.path), tok,
+                         adapter=folder if lora else None, max_prompt_tokens=cfg.max_prompt_tokens,
+                         on_long_prompt=cfg.on_long_prompt,
+                         max_new_tokens=max(cfg.sampling(f).max_new_tokens for f in evaluate_stage.DEFAULT_MAX_NEW),
+                         dtype=model.dtype, gpu_memory=cfg.vllm_gpu_memory, max_lora_rank=cfg.vllm_max_lora_rank)
+
+
 def signals(store: Store, cfg: signals_stage.SignalsConfig, model: ModelConfig, evaluate_cfg: evaluate_stage.EvaluateConfig,
             examples: Artifact, contexts_art: Artifact, *, force: bool = False) -> Artifact:
     """The signal diagnostics of one dataset on the base model (before training): the `signals` table.
@@ -195,9 +227,9 @@ def signals(store: Store, cfg: signals_stage.SignalsConfig, model: ModelConfig, 
     The greedy accuracies decode and score as `evaluate_cfg` does (token limits, stop patterns, sandbox)."""
     precision = precision_record(model.dtype, model.device)
     model = replace(model, dtype=precision["dtype"])  # the key names the dtype actually used
-    settings = signals_stage.generation_settings(evaluate_cfg)
+    settings = signals_stage.generation_settings(evaluate_cfg.local())  # decoded with the loaded model
     measured = {k: v for k, v in asdict(cfg).items() if k not in ("enabled", "num_views")}  # views: in contexts
-    key = {"signals": measured, "evaluate": asdict(settings), "model": fingerprint(model.path),
+    key = {"signals": measured, "evaluate": settings.key(), "model": fingerprint(model.path),
            "model_label": model.label, "dtype": model.dtype}
 
     def compute(ws):

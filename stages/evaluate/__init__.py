@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import pyarrow as pa
@@ -49,9 +49,29 @@ class EvaluateConfig:
     """Evaluate at most this many examples per dataset (first by id order); None = all."""
     batch_size: int = 16
     """Generation batch size (rows decoded together)."""
-    engine: Literal["hf", "continuous"] = "continuous"
+    engine: Literal["hf", "continuous", "vllm", "openai"] = "continuous"
     """`continuous`: rows leave the batch when done and pending prompts join (no waiting for the longest
-    row); `hf`: static batches through `model.generate`. Greedy outputs agree up to float rounding."""
+    row); `hf`: static batches through `model.generate`; `vllm`: an offline vLLM engine on a CUDA machine
+    (`pip install vllm`; base model + each checkpoint's LoRA adapter); `openai`: the completions endpoint
+    of a running OpenAI-compatible server (`vllm serve`, `transformers serve`) at `base_url`. All send the
+    same prompt tokens and stop on the same ids and patterns; greedy outputs agree up to float rounding."""
+    base_url: str = ""
+    """engine=openai: the server's OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1`."""
+    served_model: str = ""
+    """engine=openai: the model id sent with each request, as the server names it (the path or hub id given
+    to `vllm serve` / `transformers serve`, or vLLM's `--served-model-name`). Part of the result key, with
+    `base_url`. `model.path` must be the same model (or its tokenizer): prompts are rendered with it."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """engine=openai: environment variable holding the server's API key (unset: no key is sent)."""
+    request_timeout_s: float = 600.0
+    """engine=openai: seconds one request may take before it is retried."""
+    request_retries: int = 4
+    """engine=openai: retries of a failed request (connection or server error), 1 s apart then doubling."""
+    vllm_gpu_memory: float = 0.9
+    """engine=vllm: fraction of the GPU's memory the vLLM engine may take (weights and KV cache)."""
+    vllm_max_lora_rank: int = 64
+    """engine=vllm: largest LoRA rank the engine serves (one of 8, 16, 32, 64, 128, 256, 320, 512); a
+    checkpoint trained with a larger `lora.r` is refused, naming this setting."""
     max_new_tokens: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MAX_NEW))
     """Completion limit per task family (mcqa, math, code, tool, free)."""
     temperature: float = 0.0
@@ -101,11 +121,62 @@ class EvaluateConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.num_samples > 1 and self.temperature == 0:
             raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are identical)")
+        self._check_engine()
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "openai":
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url: engine=openai needs the server's URL (http://host:port/v1), "
+                                 f"got {self.base_url!r}")
+            if not self.served_model.strip():
+                raise ValueError("served_model: engine=openai needs the model id the server serves (the path "
+                                 "or name given to `vllm serve` / `transformers serve`)")
+        if self.engine == "vllm":
+            from engines.vllm_eval import check_installed
+            from engines.vllm_rollouts import LORA_RANKS
+
+            if self.vllm_max_lora_rank not in LORA_RANKS:
+                raise ValueError(f"vllm_max_lora_rank must be one of {', '.join(map(str, LORA_RANKS))}, "
+                                 f"got {self.vllm_max_lora_rank}")
+            if not 0 < self.vllm_gpu_memory < 1:
+                raise ValueError(f"vllm_gpu_memory must be in (0, 1), got {self.vllm_gpu_memory}")
+            check_installed()
+
+    @property
+    def remote(self) -> bool:
+        """Whether generation runs outside this process's torch model (engine vllm or openai)."""
+        return self.engine in ("vllm", "openai")
+
+    def key(self) -> dict:
+        """The settings that decide the outputs (the result key): the engine's own, none of another's, and
+        nothing about timeouts, retries, keys or memory."""
+        out = asdict(self)
+        for name in ENGINE_FIELDS:
+            out.pop(name)
+        if self.engine == "openai":
+            out.update(base_url=self.base_url, served_model=self.served_model)
+        return out
+
+    def local(self) -> EvaluateConfig:
+        """These settings on a local engine (`continuous` in place of vllm/openai): for stages that decode
+        with the loaded model itself."""
+        if not self.remote:
+            return self
+        defaults = EvaluateConfig()
+        return replace(self, engine="continuous", **{n: getattr(defaults, n) for n in ENGINE_FIELDS})
 
     def sampling(self, family: str) -> SamplingConfig:
         max_new = self.max_new_tokens.get(family, DEFAULT_MAX_NEW[family])
         return SamplingConfig(max_new_tokens=max_new, temperature=self.temperature, top_p=self.top_p,
                               seed=self.seed, stop=STOP_PATTERNS.get(family) if self.early_stop else None)
+
+
+ENGINES = ("hf", "continuous", "vllm", "openai")
+ENGINE_FIELDS = ("base_url", "served_model", "api_key_env", "request_timeout_s", "request_retries",
+                 "vllm_gpu_memory", "vllm_max_lora_rank")
+"""Settings of the vllm and openai engines only (left out of the result key of the other engines)."""
 
 
 def select(examples: pa.Table, cfg: EvaluateConfig) -> list[dict]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from dataclasses import asdict
 
 import pyarrow as pa
 import pytest
 
 import schemas
 from engines.generation import Completion, HFGenerator, SamplingConfig
-from stages.evaluate import EvaluateConfig, aggregate, run
+from stages.evaluate import ENGINE_FIELDS, EvaluateConfig, aggregate, run
 from storage import Workspace
 
 
@@ -100,3 +102,48 @@ def test_aggregate_standard_error():
     rows = [dict(id=str(i), family="mcqa") for i in range(4)]
     s = {r["metric"]: r for r in aggregate(preds, rows, "m", "x", EvaluateConfig()).to_pylist()}
     assert s["accuracy"]["value"] == 0.75 and s["accuracy"]["stderr"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+
+
+def test_remote_engines_need_their_settings():
+    with pytest.raises(ValueError, match="base_url: engine=openai needs the server's URL"):
+        EvaluateConfig(engine="openai", served_model="m")
+    with pytest.raises(ValueError, match="served_model: engine=openai needs the model id"):
+        EvaluateConfig(engine="openai", base_url="http://127.0.0.1:8000/v1")
+    with pytest.raises(ValueError, match="vllm_max_lora_rank must be one of 8, 16"):
+        EvaluateConfig(engine="vllm", vllm_max_lora_rank=48)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_engine_vllm_without_vllm_is_one_line_at_config_load():
+    from unisd.config import ConfigError, load_experiment
+
+    with pytest.raises(ValueError, match=r"^evaluate.engine=vllm needs the vllm package: pip install vllm"):
+        EvaluateConfig(engine="vllm")
+    with pytest.raises(ConfigError, match="pip install vllm") as e:
+        load_experiment("smoke", overrides=["evaluate.engine=vllm"], check_model=False)
+    assert "\n" not in str(e.value)
+
+
+def test_result_key_holds_only_what_decides_the_outputs():
+    local = EvaluateConfig(engine="hf")
+    assert local.key() == {k: v for k, v in asdict(local).items() if k not in ENGINE_FIELDS}  # keys unchanged
+    served = EvaluateConfig(engine="openai", base_url="http://127.0.0.1:8000/v1", served_model="m",
+                            request_timeout_s=5, api_key_env="K")
+    key = served.key()
+    assert key["base_url"] == "http://127.0.0.1:8000/v1" and key["served_model"] == "m" and key["engine"] == "openai"
+    assert not {"request_timeout_s", "api_key_env", "request_retries", "vllm_gpu_memory"} & set(key)
+    assert EvaluateConfig(engine="openai", base_url="http://127.0.0.1:9/v1", served_model="m").key() != key
+    assert served.local() == EvaluateConfig(engine="continuous") and local.local() is local
+
+
+def test_openai_engine_refuses_trained_methods_and_checks_ranges():
+    from unisd.config import ConfigError, load_experiment
+
+    served = ["evaluate.engine=openai", "evaluate.base_url=http://127.0.0.1:8000/v1", "evaluate.served_model=m"]
+    assert load_experiment("smoke", overrides=[*served, "methods=[base]"], check_model=False).evaluate.remote
+    with pytest.raises(ConfigError, match="methods: evaluate.engine=openai scores the server's one model"):
+        load_experiment("smoke", overrides=[*served, "methods=[base, sd]"], check_model=False)
+    with pytest.raises(ConfigError, match="evaluate.request_timeout_s: must be > 0"):
+        load_experiment("smoke", overrides=[*served, "evaluate.request_timeout_s=0"], check_model=False)
+    with pytest.raises(ConfigError, match=r"evaluate.vllm_gpu_memory: must be in \(0, 1\)"):
+        load_experiment("smoke", overrides=["evaluate.vllm_gpu_memory=1.5"], check_model=False)
