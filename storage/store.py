@@ -276,9 +276,13 @@ class Store:
         self._refresh_catalog()
         return art
 
+    def partial_dir(self, stage: str, key: str) -> Path:
+        """The resumable workspace directory of artifact ``stage``/``key`` while it is being computed."""
+        return self._stage_dir(stage) / f".partial-{key}"
+
     def _compute_and_publish(self, spec: StageSpec, key: str, meta: dict, compute: Compute) -> Artifact:
         sdir = self.root / spec.name
-        partial = sdir / f".partial-{key}"
+        partial = self.partial_dir(spec.name, key)
         resumed = partial.exists()
         ws = Workspace.create(partial)
         log.info("stage %s: computing %s%s", spec.name, key[:12], " (resuming)" if resumed else "")
