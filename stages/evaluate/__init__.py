@@ -48,7 +48,8 @@ class EvaluateConfig:
     limit: int | None = None
     """Evaluate at most this many examples per dataset (first by id order); None = all."""
     batch_size: int = 16
-    """Generation batch size (rows decoded together)."""
+    """Generation batch size (rows decoded together); engine=openai: requests in flight at once (the server
+    batches them); engine=vllm: unused (vLLM schedules each chunk's prompts itself)."""
     engine: Literal["hf", "continuous", "vllm", "openai"] = "continuous"
     """`continuous`: rows leave the batch when done and pending prompts join (no waiting for the longest
     row); `hf`: static batches through `model.generate`; `vllm`: an offline vLLM engine on a CUDA machine
