@@ -9,7 +9,8 @@ share the column window ``[start, end)``; a 2-D attention mask says which column
 slot (a prompt is right-aligned at the column where it joins, i.e. left padded) and positions are kept
 per slot, so RoPE sees every row as in an unpadded run. Masked columns add exactly zero to attention,
 so greedy outputs equal `HFGenerator`'s up to floating-point reduction order. New prompts are
-prefilled together (left padded, only the last position goes through the LM head) and copied into free
+prefilled together (left padded, only the last position goes through the LM head; the tokens every
+prompt of the call starts with are prefilled once and shared, see `engines.prefill`) and copied into free
 slots; a freed slot is reused in place, compacted away when nothing is pending, and leading columns
 that are padding for every live slot are dropped by moving ``start``. Pending prompts are taken longest
 first, so a joining prompt always fits left of ``end`` without moving the buffers.
@@ -33,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers import DynamicCache
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from engines.generation import Completion, HFGenerator, PromptStats, SamplingConfig
+from engines.prefill import Prefill, SharedPrefix, prefill
 from engines.stops import stop_ids
 
 log = logging.getLogger(__name__)
@@ -88,36 +89,6 @@ class _SlotLayer(CacheLayerMixin):
 
 
 @dataclass
-class _Prefill:
-    """Caches and next-token logits of prompts run together with left padding."""
-
-    keys: list[torch.Tensor]  # per layer (k, H, W, D)
-    values: list[torch.Tensor]  # per layer (k, H, W, D)
-    lengths: list[int]
-    logits: torch.Tensor  # (k, V) float32
-
-    @property
-    def width(self) -> int:
-        return self.keys[0].shape[2]
-
-
-def prefill(model, batch: list[list[int]], pad_id: int, device: torch.device) -> _Prefill:
-    """One forward over left-padded prompts; positions count real tokens only (as ``generate`` does)."""
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, ids in enumerate(batch):
-        input_ids[r, width - len(ids):] = torch.tensor(ids)
-        attention_mask[r, width - len(ids):] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return _Prefill([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-                    [len(ids) for ids in batch], out.logits[:, -1].float())
-
-
-@dataclass
 class _Row:
     index: int
     """Position of the prompt in the caller's list."""
@@ -132,7 +103,7 @@ class _Row:
 class _Slots:
     """The live decode batch: slot buffers per layer, attention mask, positions, last tokens, rows."""
 
-    def __init__(self, like: _Prefill, device: torch.device):
+    def __init__(self, like: Prefill, device: torch.device):
         self.device = device
         self.keys = [k.new_zeros((0, k.shape[1], 0, k.shape[3])) for k in like.keys]  # (S, H, C, D)
         self.values = [v.new_zeros((0, v.shape[1], 0, v.shape[3])) for v in like.values]
@@ -175,19 +146,17 @@ class _Slots:
         self.window = _Window(off, off + width)
         self.cache = Cache(layers=[_SlotLayer(k, v, self.window) for k, v in zip(self.keys, self.values)])
 
-    def admit(self, pf: _Prefill, picks: list[int], rows: list[_Row], tokens: list[int]) -> None:
+    def admit(self, pf: Prefill, picks: list[int], rows: list[_Row], tokens: list[int]) -> None:
         """Copy prefilled rows ``picks`` into free slots, right-aligned at column ``end``."""
         free = [s for s, r in enumerate(self.rows) if r is None]
         lead = max(pf.lengths[j] for j in picks)
         if len(picks) > len(free) or lead > self.window.end:
             self.relayout(list(range(self.size)), max(len(picks) - len(free), 0), lead)
             free = [s for s, r in enumerate(self.rows) if r is None]
-        end, width = self.window.end, pf.width
+        end = self.window.end
         for slot, j, row, token in zip(free, picks, rows, tokens):
             n = pf.lengths[j]
-            for k, v, pk, pv in zip(self.keys, self.values, pf.keys, pf.values):
-                k[slot, :, end - n:end] = pk[j, :, width - n:]
-                v[slot, :, end - n:end] = pv[j, :, width - n:]
+            pf.write(j, self.keys, self.values, slot, end)
             self.mask[slot] = False
             self.mask[slot, end - n:end] = True
             self.positions[slot], self.tokens[slot], self.rows[slot] = n, token, row
@@ -266,6 +235,8 @@ class ContinuousGenerator:
     on_long_prompt: Literal["error", "truncate_left"] = "error"
     system: str | None = None
     stats: PromptStats = field(default_factory=PromptStats)
+    share_prefix: bool = True
+    """Prefill the tokens every prompt of a call starts with once (`engines.prefill.SharedPrefix`)."""
 
     encode = HFGenerator.encode  # same chat template, length check and counted left truncation
 
@@ -297,6 +268,8 @@ class _Run:
         self.pending = deque(sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i)))
         self.results: list[Completion | None] = [None] * len(encoded)
         self.slots: _Slots | None = None
+        self.share_prefix = gen.share_prefix
+        self.prefix: SharedPrefix | None = None
 
     def loop(self) -> list[Completion]:
         while self.pending or (self.slots is not None and self.slots.size):
@@ -332,7 +305,9 @@ class _Run:
     def join(self, indices: list[int]) -> None:
         """Prefill prompts ``indices`` together, take their first token, admit those still running."""
         t0 = time.perf_counter()
-        pf = prefill(self.model, [self.encoded[i] for i in indices], self.pad, self.device)
+        if self.share_prefix:  # once, at the first join: every prompt of the call is known
+            self.share_prefix, self.prefix = False, SharedPrefix.build(self.model, self.encoded, self.device)
+        pf = prefill(self.model, [self.encoded[i] for i in indices], self.pad, self.device, self.prefix)
         rng = self.sampling.temperature > 0
         rows = [_Row(i, len(self.encoded[i]), row_generator(self.sampling.seed, i, self.device) if rng else None)
                 for i in indices]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import math
 import re
 
@@ -18,6 +19,7 @@ import torch
 
 from engines.continuous import ContinuousGenerator, row_generator, sample_tokens
 from engines.generation import HFGenerator, PromptTooLong, SamplingConfig, chat_ids
+from engines.prefill import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_length, prefill
 
 PROMPTS = ["Hi", "What is 2+2?", "Write a haiku about the sea, please, in English.", "a",
            "Tell me a story about dragons, knights and castles, " * 3, "bb ccc", "Explain recursion."]
@@ -215,6 +217,70 @@ def test_batch_size_must_be_positive(tiny_lm):
         ContinuousGenerator(*tiny_lm, batch_size=0)
 
 
+INSTRUCTION = "Answer the following question in one short sentence, then stop. Question: "
+
+
+def _prefill_shapes(model, run) -> tuple[list[tuple[int, int]], object]:
+    """(rows, tokens) of every multi-token forward (prefills) while ``run()`` executes, and its result."""
+    shapes: list[tuple[int, int]] = []
+    hook = model.register_forward_hook(
+        lambda m, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape))
+        if kwargs["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    try:
+        out = run()
+    finally:
+        hook.remove()
+    return shapes, out
+
+
+def test_common_prefix_length_leaves_a_token_of_every_prompt():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
+    assert common_prefix_length([[1, 2], [3, 2]]) == 0
+    assert common_prefix_length([[1, 2, 3]]) == 0  # one prompt: nothing to share
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefix_gives_the_same_tokens_and_is_prefilled_once(sharp_lm, eos_tok, temperature):
+    model, _ = sharp_lm
+    prompts = [INSTRUCTION + p for p in PROMPTS]
+    encoded = [chat_ids(eos_tok, p) for p in prompts]
+    shared = common_prefix_length(encoded)
+    assert shared >= MIN_SHARED_TOKENS + 10  # the chat template's system turn and the instruction
+    sampling = SamplingConfig(max_new_tokens=12, temperature=temperature, seed=5)
+    runs = {}
+    for share in (False, True):
+        gen = ContinuousGenerator(model, eos_tok, batch_size=3, share_prefix=share)
+        shapes, runs[share] = _prefill_shapes(model, functools.partial(gen.generate, prompts, sampling))
+        if share:  # the prefix alone, then only the tokens after it
+            assert shapes[0] == (1, shared) and all(w <= max(map(len, encoded)) - shared for _, w in shapes[1:])
+        else:
+            assert all(w > shared for _, w in shapes)
+        assert sum(r for r, _ in shapes) == len(prompts) + share
+    assert all(_same(runs[False], runs[True]))
+    if temperature == 0:
+        assert len({len(c.token_ids) for c in runs[True]}) > 1  # rows end at different steps, others join
+        assert all(_same(HFGenerator(model, eos_tok, batch_size=3).generate(prompts, sampling), runs[True]))
+
+
+def test_no_prefix_is_shared_below_the_minimum(sharp_lm):
+    model, tok = sharp_lm
+    encoded = [[5, 6, 7, 8], [5, 6, 9]]
+    assert SharedPrefix.build(model, encoded, torch.device("cpu")) is None
+    gen = ContinuousGenerator(model, tok, batch_size=2, system="S")
+    shapes, _ = _prefill_shapes(model, lambda: gen.generate(["Hi", "Hello there"], SamplingConfig(max_new_tokens=2)))
+    assert shapes[0][0] == 1  # the template's system turn is long enough: shared
+
+
+def test_prefill_refuses_a_prompt_without_the_shared_prefix(sharp_lm):
+    model, tok = sharp_lm
+    encoded = [chat_ids(tok, INSTRUCTION + p) for p in PROMPTS[:2]]
+    prefix = SharedPrefix.build(model, encoded, torch.device("cpu"))
+    assert prefix is not None and prefix.length == common_prefix_length(encoded)
+    with torch.inference_mode(), pytest.raises(ValueError, match="shared prefix"):
+        prefill(model, [chat_ids(tok, "Hi", "Other system")], 0, torch.device("cpu"), prefix)
+
+
 @pytest.mark.slow
 def test_greedy_matches_hf_on_the_embedded_model():
     """fp32 SmolLM2-135M on HumanEval-style prompts: identical completions expected; >= 95% is accepted
@@ -232,3 +298,5 @@ def test_greedy_matches_hf_on_the_embedded_model():
     out = ContinuousGenerator(model, tok, batch_size=3).generate(prompts, sampling)
     assert sum(_same(ref, out)) >= 0.95 * len(prompts)
     assert any(c.finished for c in ref)
+    full = ContinuousGenerator(model, tok, batch_size=3, share_prefix=False).generate(prompts, sampling)
+    assert sum(_same(full, out)) >= 0.95 * len(prompts)
