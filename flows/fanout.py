@@ -180,5 +180,5 @@ def deploy(pool: str, limit: int | None = None) -> str:
         if limit is not None:
             client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
     job_flow = Flow.from_source(source=str(ROOT), entrypoint="flows.fanout.unisd_job")
-    job_flow.deploy(name=pool, work_pool_name=pool, print_next_steps=False)
+    job_flow.deploy(name=pool, work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
     return f"{JOB_FLOW}/{pool}"

@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "transformers/peft load, with a model card (README.md)"))
     sv = sub.add_parser("serve", help="serve the deployments to the Prefect server in PREFECT_API_URL")
     sv.add_argument("--preset", default="default")
+    dp = sub.add_parser("deploy", help="register the job deployment unisd-job/POOL on a Prefect work pool "
+                        "(created as a process pool if missing), for experiments run with pool=POOL")
+    dp.add_argument("--pool", required=True, help="work pool name")
+    dp.add_argument("--limit", type=int, help="the pool's concurrency limit (jobs running at once)")
     dt = sub.add_parser("data", help="show how a data file would be ingested: first rows and every rejected row")
     dt.add_argument("action", choices=["check"])
     dt.add_argument("path", help="a .jsonl/.json/.csv/.parquet file, a folder of split files or a saved dataset")
@@ -190,6 +194,13 @@ def _dispatch(args) -> int:
 
     if args.cmd == "serve":
         flows.serve_all(args.preset)
+        return 0
+    if args.cmd == "deploy":
+        from flows import fanout
+
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit: must be >= 1, got {args.limit}")
+        print(fanout.deploy(args.pool, args.limit))
         return 0
     kwargs = dict(preset=args.preset or "default", config_path=args.config, overrides=list(args.overrides),
                   force=args.force)
