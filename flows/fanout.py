@@ -18,6 +18,7 @@ behind (the store publishes an artifact atomically under its key's lock); a reru
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import fcntl
 import logging
@@ -117,11 +118,29 @@ def _via_processes(exp: ExperimentConfig, jobs: list[dict], args: dict) -> None:
     log.info("fan-out: %d jobs over %d processes, %d thread(s) each%s", len(jobs), workers, threads,
              f", devices {list(exp.devices)}" if exp.devices else "")
     experiment = _job_experiment(exp, threads)
-    with tempfile.TemporaryDirectory(prefix="unisd-slots-") as slots, \
+    with _api_for_children(), tempfile.TemporaryDirectory(prefix="unisd-slots-") as slots, \
             ProcessPoolTaskRunner(max_workers=workers, initializer=_claim_slot,
                                   initargs=(slots, tuple(exp.devices), threads)) as pool:
         futures = [pool.submit(job_task, {"experiment": experiment, "job": job, **args}) for job in jobs]
         _raise_failures(jobs, [_outcome(f.result) for f in futures])
+
+
+@contextlib.contextmanager
+def _api_for_children():
+    """Point the job processes at this flow's API server. Under `unisd run` that is Prefect's temporary
+    server, which the children would not find by themselves: each would start one of its own (about
+    10 s apiece, and their task runs would be invisible to this flow run)."""
+    from prefect.client.orchestration import get_client
+
+    saved = os.environ.get("PREFECT_API_URL")
+    if saved is None:
+        with get_client(sync_client=True) as client:
+            os.environ["PREFECT_API_URL"] = str(client.api_url)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 def _via_pool(exp: ExperimentConfig, jobs: list[dict], args: dict) -> None:
