@@ -50,17 +50,20 @@ def label(job: dict) -> str:
 
 
 def dispatch(exp: ExperimentConfig, examples: dict, jobs: list[dict], force: set[str] | frozenset[str],
-             suffix: str) -> bool:
+             suffix: str, processes: JobProcesses | None = None) -> bool:
     """Run `jobs` concurrently when `parallel` > 1 or `pool` is set; False (nothing done) otherwise, and
-    then the flow runs every chain itself, exactly as a sequential run. Raises after all jobs ended if
-    any failed, naming them."""
+    then the flow runs every chain itself, exactly as a sequential run. ``processes``: the local job
+    processes (`job_processes`), needed when `parallel` > 1 without a pool. Raises after all jobs ended
+    if any failed, naming them."""
     if not jobs or (exp.parallel == 1 and exp.pool is None):
         return False
     args = {"examples": {k: list(v) for k, v in examples.items()}, "force": sorted(force), "suffix": suffix}
     if exp.pool is not None:
         _via_pool(exp, jobs, args)
+    elif processes is None:
+        raise ValueError("parallel > 1 without a pool needs the flow's job processes (fanout.job_processes)")
     else:
-        _via_processes(exp, jobs, args)
+        processes.run(jobs, args)
     return True
 
 
@@ -108,21 +111,44 @@ def _claim_slot(slot_dir: str, devices: tuple[str, ...], threads: int) -> None:
         os.environ[var] = str(threads)
 
 
-def _via_processes(exp: ExperimentConfig, jobs: list[dict], args: dict) -> None:
+class JobProcesses:
+    """The local job processes of one experiment (`parallel` > 1, no pool), started when the flow starts
+    so that their imports (about 8 s: torch, transformers, the stages) overlap the shared stages."""
+
+    def __init__(self, exp: ExperimentConfig, runner, threads: int) -> None:
+        self.exp, self.runner, self.threads = exp, runner, threads
+        self.experiment = _job_experiment(exp, threads)
+        self.warming = [runner.submit(warm_task, {}) for _ in range(exp.parallel)]  # one per process
+
+    def run(self, jobs: list[dict], args: dict) -> None:
+        log.info("fan-out: %d jobs over %d processes, %d thread(s) each%s", len(jobs), self.exp.parallel,
+                 self.threads, f", devices {list(self.exp.devices)}" if self.exp.devices else "")
+        futures = [self.runner.submit(job_task, {"experiment": self.experiment, "job": job, **args})
+                   for job in jobs]
+        _raise_failures(jobs, [_outcome(f.result) for f in futures])
+
+
+@task(name="job-process", cache_policy=NO_CACHE)
+def warm_task() -> int:
+    """Nothing but the import of the job process itself (done by the time this runs); its pid."""
+    return os.getpid()
+
+
+@contextlib.contextmanager
+def job_processes(exp: ExperimentConfig):
+    """`JobProcesses` for the experiment's fan-out, or None when jobs run in the flow or on a pool."""
+    if exp.parallel == 1 or exp.pool is not None:
+        yield None
+        return
     from prefect.task_runners import ProcessPoolTaskRunner
 
     from engines.threads import resolve_threads
 
-    workers = min(exp.parallel, len(jobs))
-    threads = max(1, resolve_threads(exp.threads) // workers)
-    log.info("fan-out: %d jobs over %d processes, %d thread(s) each%s", len(jobs), workers, threads,
-             f", devices {list(exp.devices)}" if exp.devices else "")
-    experiment = _job_experiment(exp, threads)
+    threads = max(1, resolve_threads(exp.threads) // exp.parallel)
     with _api_for_children(), tempfile.TemporaryDirectory(prefix="unisd-slots-") as slots, \
-            ProcessPoolTaskRunner(max_workers=workers, initializer=_claim_slot,
-                                  initargs=(slots, tuple(exp.devices), threads)) as pool:
-        futures = [pool.submit(job_task, {"experiment": experiment, "job": job, **args}) for job in jobs]
-        _raise_failures(jobs, [_outcome(f.result) for f in futures])
+            ProcessPoolTaskRunner(max_workers=exp.parallel, initializer=_claim_slot,
+                                  initargs=(slots, tuple(exp.devices), threads)) as runner:
+        yield JobProcesses(exp, runner, threads)
 
 
 @contextlib.contextmanager

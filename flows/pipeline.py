@@ -125,6 +125,14 @@ def runner(exp: ExperimentConfig, force: set[str] | frozenset[str], suffix: str 
 
 def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix: str) -> Runs:
     """`run_experiment` on the experiment's single model; `suffix` tags its task names."""
+    if only is None:
+        with fanout.job_processes(exp) as processes:  # they start while the shared stages run
+            return _run_stages(exp, force, None, suffix, processes)
+    return _run_stages(exp, force, only, suffix, None)
+
+
+def _run_stages(exp: ExperimentConfig, force: set[str], only: str | None, suffix: str,
+                processes: fanout.JobProcesses | None) -> Runs:
     store = Store(str(exp.store_path))
     runs = Runs()
     run = runner(exp, force, suffix)
@@ -148,7 +156,7 @@ def _run_model(exp: ExperimentConfig, force: set[str], only: str | None, suffix:
             if "method" in job:
                 _method_contexts(run, exp.run_config(job["method"], job["seed"], job.get("point")), job["dataset"],
                                  examples[job["dataset"]])
-        fanned = fanout.dispatch(exp, examples, jobs, force, suffix)
+        fanned = fanout.dispatch(exp, examples, jobs, force, suffix, processes)
         collect = runner(exp, force - JOB_STAGES, suffix) if fanned else run
         return [execute_job(collect, exp, examples, job) for job in jobs]
 
