@@ -19,7 +19,14 @@ import pytest
 from stages.train import TrainConfig
 from stages.train.launch import LaunchError, check_backend
 from storage import query
-from unisd.launch import main as launch_main
+
+
+def launch_main(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m unisd.launch ARGS` in one process, as a user runs it without `accelerate launch` (in a
+    child: the launcher sets up logging, accelerate's state and UNISD_STORE for its whole process)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "unisd.launch", *args], env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "accelerate"
@@ -82,8 +89,9 @@ def test_ddp_config_trains_through_the_stage_on_two_cpu_processes(ddp_run, tmp_p
     assert (ddp_store / "train" / key / "files" / "checkpoint" / "merged" / "model.safetensors").exists()
 
     one_store = tmp_path / "one"
-    assert launch_main(_train_args(one_store, tiny_model_dir)) == 0  # one process, here
-    assert capsys.readouterr().out.strip() == f"train/{key} (1 processes)"  # same key: the count is not in it
+    one = launch_main(_train_args(one_store, tiny_model_dir))  # one process
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.stdout.strip().splitlines()[-1] == f"train/{key} (1 processes)"  # same key: the count is not in it
     two, one = _steps(ddp_store), _steps(one_store)
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
     for a, b in zip(two, one, strict=True):  # both processes' prompts count towards the logged step
@@ -127,7 +135,9 @@ def test_deepspeed_needs_one_micro_batch_per_step():
 def test_launcher_names_a_bad_choice(tmp_path, tiny_model_dir, capsys):
     args = _train_args(tmp_path / "store", tiny_model_dir)
     bad = args[:args.index("--dataset") + 1] + ["nope"] + args[args.index("--dataset") + 2:]
-    assert launch_main(bad) == 2
-    assert "--dataset 'nope': pick one of the experiment's datasets (medmcqa, math)" in capsys.readouterr().err
-    assert launch_main([*args[:3], "base", *args[4:]]) == 2
-    assert "--method 'base': not a training method" in capsys.readouterr().err
+    res = launch_main(bad)
+    assert res.returncode == 2
+    assert "--dataset 'nope': pick one of the experiment's datasets (medmcqa, math)" in res.stderr
+    res = launch_main([*args[:3], "base", *args[4:]])
+    assert res.returncode == 2
+    assert "--method 'base': not a training method" in res.stderr
