@@ -54,15 +54,11 @@ def check_installed() -> None:
 
 
 def vllm_api() -> SimpleNamespace:
-    """The vLLM classes used here; a one-line RuntimeError when vllm is not installed."""
-    try:
-        from vllm import LLM, SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
-    except ImportError as e:
-        raise RuntimeError(MISSING_VLLM) from e
-    return SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, TokensPrompt=TokensPrompt,
-                           LoRARequest=LoRARequest)
+    """The vLLM classes used here (shared with the rollout backend); a one-line RuntimeError when vllm
+    is not installed."""
+    from engines.vllm_rollouts import vllm_api as api
+
+    return api(MISSING_VLLM)
 
 
 def adapter_rank(folder: Path) -> int | None:

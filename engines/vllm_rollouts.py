@@ -49,14 +49,15 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 MISSING_VLLM = "rollout.backend=vllm needs the vllm package (pip install vllm) on a CUDA machine"
 
 
-def vllm_api() -> SimpleNamespace:
-    """The vLLM classes this backend uses; a one-line RuntimeError when vllm is not installed."""
+def vllm_api(missing: str = MISSING_VLLM) -> SimpleNamespace:
+    """The vLLM classes the vLLM backends use; a one-line RuntimeError (`missing`) when vllm is not
+    installed."""
     try:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
     except ImportError as e:
-        raise RuntimeError(MISSING_VLLM) from e
+        raise RuntimeError(missing) from e
     return SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, TokensPrompt=TokensPrompt,
                            LoRARequest=LoRARequest)
 
