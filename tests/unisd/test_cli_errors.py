@@ -75,9 +75,17 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def root_logging():
+    """The root logger as `unisd.logs` leaves it, and Prefect's loggers at no level of their own: an
+    earlier in-process flow run has Prefect set up its logging, which puts ``prefect`` at this suite's
+    PREFECT_LOGGING_LEVEL (WARNING) and would drop the INFO records these tests route."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    prefect_levels = {name: logging.getLogger(name).level for name in ("prefect", *logs._FAILURE_LOGGERS)}
+    for name in prefect_levels:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     yield
+    for name, level in prefect_levels.items():
+        logging.getLogger(name).setLevel(level)
     for h in root.handlers[:]:
         root.removeHandler(h)
         h.close()
