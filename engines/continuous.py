@@ -9,9 +9,9 @@ share the column window ``[start, end)``; a 2-D attention mask says which column
 slot (a prompt is right-aligned at the column where it joins, i.e. left padded) and positions are kept
 per slot, so RoPE sees every row as in an unpadded run. Masked columns add exactly zero to attention,
 so greedy outputs equal `HFGenerator`'s up to floating-point reduction order. New prompts are
-prefilled together (left padded, only the last position goes through the LM head; the tokens every
-prompt of the call starts with are prefilled once and shared, see `engines.prefill`) and copied into free
-slots; a freed slot is reused in place, compacted away when nothing is pending, and leading columns
+prefilled together in groups of about `PREFILL_TOKENS` positions (left padded, only the last position
+goes through the LM head; the tokens every prompt of the call starts with are prefilled once and
+shared, see `engines.prefill`) and copied into free slots; a freed slot is reused in place, compacted away when nothing is pending, and leading columns
 that are padding for every live slot are dropped by moving ``start``. Pending prompts are taken longest
 first, so a joining prompt always fits left of ``end`` without moving the buffers.
 
@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 SPARE_COLUMNS = 64
 """Free columns added right of ``end`` whenever the slot buffers are (re)allocated."""
+PREFILL_TOKENS = 1024
+"""Padded token positions per prefill forward. Joining prompts are prefilled in groups of about this
+size: on 2 AVX2 cores 64 MedMCQA prompts (~105 tokens each after the shared prefix) prefilled at 153
+tokens/s in one forward and at 413 tokens/s in groups of 8; HumanEval's longest 64 at 378 tokens/s in
+groups of 16 and 450 in groups of 4."""
 
 
 @dataclass
@@ -193,6 +198,21 @@ class _Slots:
         return out.logits[:, -1].float()
 
 
+def prefill_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive positions of ``lengths`` grouped so that each group's padded size (members × longest
+    member) stays within ``budget`` tokens; a prompt longer than the budget is a group of its own."""
+    groups: list[list[int]] = []
+    width = 0
+    for j, n in enumerate(lengths):
+        if groups and max(width, n) * (len(groups[-1]) + 1) <= budget:
+            groups[-1].append(j)
+            width = max(width, n)
+        else:
+            groups.append([j])
+            width = n
+    return groups
+
+
 def row_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The random stream of prompt ``index``: independent of batch composition and batch size."""
     digest = hashlib.sha256(f"unisd-sampling:{seed}:{index}".encode()).digest()
@@ -237,6 +257,8 @@ class ContinuousGenerator:
     stats: PromptStats = field(default_factory=PromptStats)
     share_prefix: bool = True
     """Prefill the tokens every prompt of a call starts with once (`engines.prefill.SharedPrefix`)."""
+    streams: ClassVar[bool] = True
+    """`generate` takes ``on_complete`` and reports each completion as it ends."""
 
     encode = HFGenerator.encode  # same chat template, length check and counted left truncation
 
@@ -245,9 +267,12 @@ class ContinuousGenerator:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def generate(self, prompts: Sequence[str], sampling: SamplingConfig,
-                 progress: Callable[[int], None] | None = None) -> list[Completion]:
+                 progress: Callable[[int], None] | None = None,
+                 on_complete: Callable[[int, Completion], None] | None = None) -> list[Completion]:
+        """Completions of ``prompts`` in their order; ``on_complete(index, completion)`` is called as each
+        one ends (in the order they end), so a caller can save or score them while the others decode."""
         encoded = self.encode(prompts)
-        run = _Run(self, encoded, sampling, progress)
+        run = _Run(self, encoded, sampling, progress, on_complete)
         with torch.inference_mode():
             return run.loop()
 
@@ -256,9 +281,9 @@ class _Run:
     """State of one `generate` call: pending prompts (longest first), live slots, results."""
 
     def __init__(self, gen: ContinuousGenerator, encoded: list[list[int]], sampling: SamplingConfig,
-                 progress: Callable[[int], None] | None):
+                 progress: Callable[[int], None] | None, on_complete: Callable[[int, Completion], None] | None):
         self.model, self.tokenizer, self.batch_size = gen.model, gen.tokenizer, gen.batch_size
-        self.encoded, self.sampling, self.progress = encoded, sampling, progress
+        self.encoded, self.sampling, self.progress, self.on_complete = encoded, sampling, progress, on_complete
         self.stop = re.compile(sampling.stop) if sampling.stop else None
         self.eos = gen.tokenizer.eos_token_id
         self.stops = frozenset(stop_ids(gen.tokenizer))
@@ -303,10 +328,16 @@ class _Run:
             self.slots.compact()
 
     def join(self, indices: list[int]) -> None:
-        """Prefill prompts ``indices`` together, take their first token, admit those still running."""
-        t0 = time.perf_counter()
+        """Prefill prompts ``indices`` (in groups of at most `PREFILL_TOKENS` padded positions), take their
+        first tokens and admit those still running."""
         if self.share_prefix:  # once, at the first join: every prompt of the call is known
             self.share_prefix, self.prefix = False, SharedPrefix.build(self.model, self.encoded, self.device)
+        shared = self.prefix.length if self.prefix is not None else 0
+        for group in prefill_groups([len(self.encoded[i]) - shared for i in indices], PREFILL_TOKENS):
+            self.join_group([indices[j] for j in group])
+
+    def join_group(self, indices: list[int]) -> None:
+        t0 = time.perf_counter()
         pf = prefill(self.model, [self.encoded[i] for i in indices], self.pad, self.device, self.prefix)
         rng = self.sampling.temperature > 0
         rows = [_Row(i, len(self.encoded[i]), row_generator(self.sampling.seed, i, self.device) if rng else None)
@@ -336,7 +367,9 @@ class _Run:
     def report(self, rows: list[_Row]) -> None:
         for row in rows:
             text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
-            self.results[row.index] = Completion(text, row.token_ids, row.prompt_tokens, row.finished, row.seconds,
-                                                 row.stop_id)
+            done = Completion(text, row.token_ids, row.prompt_tokens, row.finished, row.seconds, row.stop_id)
+            self.results[row.index] = done
+            if self.on_complete is not None:
+                self.on_complete(row.index, done)
         if rows and self.progress:
             self.progress(len(rows))

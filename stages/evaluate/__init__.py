@@ -21,7 +21,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 import schemas
-from engines.generation import Generator, PromptTooLong, SamplingConfig
+from engines.generation import Completion, Generator, PromptTooLong, SamplingConfig
 from engines.sandbox import SandboxLimits, require_sandbox
 from stages.evaluate.scoring import score_rows
 from storage import StageSpec, Workspace
@@ -88,7 +88,9 @@ class EvaluateConfig:
     on_long_prompt: Literal["error", "truncate_left"] = "error"
     """What to do with an over-long prompt; truncations are counted in the scores table."""
     chunk_size: int = 64
-    """Examples generated and scored between two progress saves (resume granularity)."""
+    """Examples scored and saved together (resume granularity). The continuous engine decodes all of a
+    family's prompts in one batch stream and saves each chunk as its examples finish; other engines are
+    called one chunk at a time."""
     sandbox_timeout_s: float = 10.0
     """Wall-clock limit per code test program."""
     sandbox_memory_mb: int = 1024
@@ -204,14 +206,20 @@ def run(cfg: EvaluateConfig, examples: pa.Table, generator: Generator, workspace
     todo = [r for r in rows if r["id"] not in done_ids]
     if done_ids:
         log.info("evaluate: resuming, %d of %d examples already done", len(rows) - len(todo), len(rows))
-    chunks = [todo[i:i + cfg.chunk_size] for i in range(0, len(todo), cfg.chunk_size)]
+    by_family: dict[str, list[dict]] = {}
+    for r in todo:
+        by_family.setdefault(r["family"], []).append(r)
     with tqdm(total=len(rows) * cfg.num_samples, initial=(len(rows) - len(todo)) * cfg.num_samples,
               desc=f"evaluate {model}/{method}", unit="completion") as bar:
-        for chunk in chunks:
-            table = _chunk(cfg, chunk, generator, model, method, bar.update)
-            digest = hashlib.sha1("\n".join(r["id"] for r in chunk).encode()).hexdigest()[:16]
+
+        def save(chunk: list[tuple[dict, list[Completion]]], family: str) -> None:
+            table = _score(cfg, family, chunk, model, method)
+            digest = hashlib.sha1("\n".join(r["id"] for r, _ in chunk).encode()).hexdigest()[:16]
             workspace.save_progress(f"chunk-{digest}", table)
             done.append(table)
+
+        for family, rs in sorted(by_family.items()):
+            _generate(cfg, family, rs, generator, bar.update, lambda chunk, f=family: save(chunk, f))
     preds = pa.concat_tables(done) if done else schemas.PREDICTIONS.empty()
     keep = {r["id"] for r in rows}
     preds = preds.filter(pa.compute.is_in(preds.column("id"), pa.array(sorted(keep))))
@@ -237,34 +245,68 @@ def check_prompt_sizes(rows: list[dict], cfg: EvaluateConfig) -> list[dict]:
     return out
 
 
-def _chunk(cfg: EvaluateConfig, chunk: list[dict], generator: Generator, model: str, method: str,
-           progress: Callable[[int], None]) -> pa.Table:
-    out: list[dict] = []
+def _generate(cfg: EvaluateConfig, family: str, rows: list[dict], generator: Generator,
+              progress: Callable[[int], None], emit: Callable[[list[tuple[dict, list[Completion]]]], None]) -> None:
+    """Generate every sample of ``rows`` (one task family) and hand them to ``emit`` in chunks of
+    ``chunk_size`` examples, each with all its samples. A streaming engine (`ContinuousGenerator`) gets all
+    the prompts in one call and reports completions as they end, so its batch never drains at a chunk
+    boundary; other engines are called one chunk at a time."""
+    ns = cfg.num_samples
+    owners = [(r, s) for r in rows for s in range(ns)]
+    prompts = [r["prompt"] for r, _ in owners]
+    sampling = cfg.sampling(family)
+    got: dict[int, dict[int, Completion]] = {}  # example position -> sample -> completion
+    ready: list[int] = []
+
+    def complete(i: int, completion: Completion) -> None:
+        pos = i // ns
+        got.setdefault(pos, {})[i % ns] = completion
+        if len(got[pos]) == ns:
+            ready.append(pos)
+            if len(ready) == cfg.chunk_size:
+                flush()
+
+    def flush() -> None:
+        emit([(rows[pos], [got[pos][s] for s in range(ns)]) for pos in ready])
+        for pos in ready:
+            del got[pos]
+        ready.clear()
+
+    def call(first: int, part: list[str], **kwargs) -> list[Completion]:
+        try:
+            return generator.generate(part, sampling, progress=progress, **kwargs)
+        except PromptTooLong as e:  # the engine counts prompts of this call: name the example instead
+            m = re.match(r"prompt (\d+) ", str(e))
+            if m is None or first + int(m[1]) >= len(owners):
+                raise
+            raise PromptTooLong(f"evaluate: example {owners[first + int(m[1])][0]['id']!r}: {e}") from None
+
+    if getattr(generator, "streams", False):
+        call(0, prompts, on_complete=complete)
+    else:
+        step = cfg.chunk_size * ns
+        for first in range(0, len(prompts), step):
+            for j, completion in enumerate(call(first, prompts[first:first + step])):
+                complete(first + j, completion)
+    if ready:
+        flush()
+
+
+def _score(cfg: EvaluateConfig, family: str, chunk: list[tuple[dict, list[Completion]]], model: str,
+           method: str) -> pa.Table:
+    """Score one chunk of examples (every sample of each) into `predictions` rows."""
     limits = SandboxLimits(timeout_s=cfg.sandbox_timeout_s, cpu_s=max(1, math.ceil(cfg.sandbox_timeout_s)),
                            memory_mb=cfg.sandbox_memory_mb)
-    by_family: dict[str, list[dict]] = {}
-    for r in chunk:
-        by_family.setdefault(r["family"], []).append(r)
-    for family, rs in sorted(by_family.items()):
-        prompts = [r["prompt"] for r in rs for _ in range(cfg.num_samples)]
-        owners = [(r, s) for r in rs for s in range(cfg.num_samples)]
-        sampling = cfg.sampling(family)
-        try:
-            gens = generator.generate(prompts, sampling, progress=progress)
-        except PromptTooLong as e:  # the engine counts prompts of this batch: name the example instead
-            m = re.match(r"prompt (\d+) ", str(e))
-            if m is None or int(m[1]) >= len(owners):
-                raise
-            raise PromptTooLong(f"evaluate: example {owners[int(m[1])][0]['id']!r}: {e}") from None
-        scored = score_rows([(family, g.text, r) for g, (r, _) in zip(gens, owners)], limits,
-                            workers=cfg.sandbox_workers, allow_unsandboxed=cfg.allow_unsandboxed,
-                            max_completion_chars=cfg.max_completion_chars)
-        for g, (r, s), (extracted, correct, score, detail) in zip(gens, owners, scored):
-            out.append(dict(id=r["id"], dataset=r["dataset"], model=model, method=method, sample=s,
-                            prompt_tokens=g.prompt_tokens, completion_tokens=len(g.token_ids) if g.token_ids else None,
-                            completion=g.text, extracted=extracted,
-                            correct=bool(correct), score=float(score), latency=g.seconds,
-                            truncated=not g.finished, detail=json.dumps(detail, sort_keys=True)))
+    flat = [(r, s, g) for r, gens in chunk for s, g in enumerate(gens)]
+    scored = score_rows([(family, g.text, r) for r, _, g in flat], limits, workers=cfg.sandbox_workers,
+                        allow_unsandboxed=cfg.allow_unsandboxed, max_completion_chars=cfg.max_completion_chars)
+    out = []
+    for (r, s, g), (extracted, correct, score, detail) in zip(flat, scored):
+        out.append(dict(id=r["id"], dataset=r["dataset"], model=model, method=method, sample=s,
+                        prompt_tokens=g.prompt_tokens, completion_tokens=len(g.token_ids) if g.token_ids else None,
+                        completion=g.text, extracted=extracted,
+                        correct=bool(correct), score=float(score), latency=g.seconds,
+                        truncated=not g.finished, detail=json.dumps(detail, sort_keys=True)))
     return schemas.conform(out, schemas.PREDICTIONS)
 
 

@@ -17,7 +17,7 @@ import re
 import pytest
 import torch
 
-from engines.continuous import ContinuousGenerator, row_generator, sample_tokens
+from engines.continuous import ContinuousGenerator, prefill_groups, row_generator, sample_tokens
 from engines.generation import HFGenerator, PromptTooLong, SamplingConfig, chat_ids
 from engines.prefill import MIN_SHARED_TOKENS, SharedPrefix, common_prefix_length, prefill
 
@@ -300,3 +300,32 @@ def test_greedy_matches_hf_on_the_embedded_model():
     assert any(c.finished for c in ref)
     full = ContinuousGenerator(model, tok, batch_size=3, share_prefix=False).generate(prompts, sampling)
     assert sum(_same(full, out)) >= 0.95 * len(prompts)
+
+
+def test_prefill_groups_stay_within_the_budget_in_order():
+    assert prefill_groups([50, 40, 30, 30, 10], 100) == [[0, 1], [2, 3, 4]]  # 2*50, then 3*30
+    assert prefill_groups([200, 20, 20], 100) == [[0], [1, 2]]  # over the budget alone: its own group
+    assert prefill_groups([], 100) == []
+    lengths = [97, 60, 60, 33, 12, 12, 12, 5, 1]
+    groups = prefill_groups(lengths, 128)
+    assert [j for g in groups for j in g] == list(range(len(lengths)))
+    assert all(len(g) == 1 or len(g) * max(lengths[j] for j in g) <= 128 for g in groups)
+
+
+def test_prefill_in_groups_gives_the_same_tokens(sharp_lm, eos_tok, monkeypatch):
+    """Joining prompts are prefilled a few at a time (a forward per group of ~PREFILL_TOKENS positions);
+    every row still gets the tokens of one whole-batch prefill, with the same rows ending early."""
+    import engines.continuous as continuous
+
+    model, _ = sharp_lm
+    prompts = [INSTRUCTION + p for p in PROMPTS]
+    sampling = SamplingConfig(max_new_tokens=12)
+    whole_shapes, whole = _prefill_shapes(
+        model, lambda: ContinuousGenerator(model, eos_tok, batch_size=7).generate(prompts, sampling))
+    monkeypatch.setattr(continuous, "PREFILL_TOKENS", 16)
+    shapes, grouped = _prefill_shapes(
+        model, lambda: ContinuousGenerator(model, eos_tok, batch_size=7).generate(prompts, sampling))
+    assert len(whole_shapes) == 2 and len(shapes) > len(whole_shapes)  # the prefix, then the joins
+    assert all(r == 1 or r * w <= 16 for r, w in shapes[1:])
+    assert sum(r for r, _ in shapes[1:]) == len(prompts)
+    assert all(_same(whole, grouped))

@@ -147,3 +147,55 @@ def test_openai_engine_refuses_trained_methods_and_checks_ranges():
         load_experiment("smoke", overrides=[*served, "evaluate.request_timeout_s=0"], check_model=False)
     with pytest.raises(ConfigError, match=r"evaluate.vllm_gpu_memory: must be in \(0, 1\)"):
         load_experiment("smoke", overrides=["evaluate.vllm_gpu_memory=1.5"], check_model=False)
+
+
+def _mcqa_examples(n: int) -> pa.Table:
+    rows = [dict(id=f"mc/{i:02d}", dataset="mc", split="test", family="mcqa",
+                 prompt=f"Question {i}? " + "Think. " * (i % 4) + "A or B", reference="Answer: A", rationale=None,
+                 options=["yes", "no"], answer="A", tests=None, meta="{}") for i in range(n)]
+    return schemas.conform(rows, schemas.EXAMPLES)
+
+
+def test_streaming_engine_saves_each_chunk_as_it_finishes_and_resumes(tmp_path, tiny_lm):
+    """The continuous engine gets every prompt in one call (its batch never drains at a chunk boundary);
+    chunks are saved while it still decodes, so a run killed mid-call resumes with only the rest."""
+    from engines.continuous import ContinuousGenerator
+
+    model, tok = tiny_lm
+    cfg = EvaluateConfig(chunk_size=2, batch_size=3, max_new_tokens={"mcqa": 6})
+    calls: list[int] = []
+
+    class Dies(ContinuousGenerator):
+        def generate(self, prompts, sampling, progress=None, on_complete=None):
+            calls.append(len(prompts))
+            seen = []
+
+            def counted(i, completion):
+                seen.append(i)
+                if len(seen) == 6:
+                    raise KeyboardInterrupt
+                on_complete(i, completion)
+
+            return super().generate(prompts, sampling, progress, counted)
+
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, _mcqa_examples(9), Dies(model, tok, batch_size=3), ws, "tiny", "base")
+    assert calls == [9]  # one call for the whole family
+    assert sum(t.num_rows for t in ws.load_progress()) == 4  # two chunks of two saved before the kill
+
+    class Counts(ContinuousGenerator):
+        def generate(self, prompts, sampling, progress=None, on_complete=None):
+            calls.append(len(prompts))
+            return super().generate(prompts, sampling, progress, on_complete)
+
+    out = run(cfg, _mcqa_examples(9), Counts(model, tok, batch_size=3), ws, "tiny", "base")
+    assert calls == [9, 5]
+    ids = out["predictions"].column("id").to_pylist()
+    assert ids == sorted(set(ids)) and len(ids) == 9
+    full = run(cfg, _mcqa_examples(9), ContinuousGenerator(model, tok, batch_size=3),
+               Workspace.create(tmp_path / "ws2"), "tiny", "base")
+    assert out["predictions"].column("completion").to_pylist() == full["predictions"].column("completion").to_pylist()
+    chunked = run(cfg, _mcqa_examples(9), HFGenerator(model, tok, batch_size=3), Workspace.create(tmp_path / "ws3"),
+                  "tiny", "base")
+    assert chunked["predictions"].column("id").to_pylist() == ids
