@@ -140,8 +140,9 @@ class _Slots:
             new[:n, :, off:off + width] = old[:, :, start:end].index_select(0, idx)
             return new
 
-        self.keys = [move(k) for k in self.keys]
-        self.values = [move(v) for v in self.values]
+        self.cache = Cache(layers=[])  # one layer at a time: the old buffers go as the new ones come
+        for i in range(len(self.keys)):
+            self.keys[i], self.values[i] = move(self.keys[i]), move(self.values[i])
         mask = torch.zeros((n + extra, cap), dtype=torch.bool, device=self.device)
         mask[:n, off:off + width] = self.mask[:, start:end].index_select(0, idx)
         self.mask = mask
