@@ -11,8 +11,9 @@ per slot, so RoPE sees every row as in an unpadded run. Masked columns add exact
 so greedy outputs equal `HFGenerator`'s up to floating-point reduction order. New prompts are
 prefilled together in groups of about `PREFILL_TOKENS` positions (left padded, only the last position
 goes through the LM head; the tokens every prompt of the call starts with are prefilled once and
-shared, see `engines.prefill`) and copied into free slots; a freed slot is reused in place, compacted away when nothing is pending, and leading columns
-that are padding for every live slot are dropped by moving ``start``. Pending prompts are taken longest
+shared, see `engines.prefill`) and copied into free slots; a freed slot is reused in place, compacted
+away when nothing is pending, and leading columns that are padding for every live slot are dropped by
+moving ``start``. Pending prompts are taken longest
 first, so a joining prompt always fits left of ``end`` without moving the buffers.
 
 Sampling (Gumbel-max) draws its noise from a generator seeded by (seed, prompt index), so a prompt's

@@ -212,14 +212,14 @@ def run(cfg: EvaluateConfig, examples: pa.Table, generator: Generator, workspace
     with tqdm(total=len(rows) * cfg.num_samples, initial=(len(rows) - len(todo)) * cfg.num_samples,
               desc=f"evaluate {model}/{method}", unit="completion") as bar:
 
-        def save(chunk: list[tuple[dict, list[Completion]]], family: str) -> None:
+        def save(family: str, chunk: list[tuple[dict, list[Completion]]]) -> None:
             table = _score(cfg, family, chunk, model, method)
             digest = hashlib.sha1("\n".join(r["id"] for r, _ in chunk).encode()).hexdigest()[:16]
             workspace.save_progress(f"chunk-{digest}", table)
             done.append(table)
 
         for family, rs in sorted(by_family.items()):
-            _generate(cfg, family, rs, generator, bar.update, lambda chunk, f=family: save(chunk, f))
+            _generate(cfg, family, rs, generator, bar.update, save)
     preds = pa.concat_tables(done) if done else schemas.PREDICTIONS.empty()
     keep = {r["id"] for r in rows}
     preds = preds.filter(pa.compute.is_in(preds.column("id"), pa.array(sorted(keep))))
@@ -246,11 +246,12 @@ def check_prompt_sizes(rows: list[dict], cfg: EvaluateConfig) -> list[dict]:
 
 
 def _generate(cfg: EvaluateConfig, family: str, rows: list[dict], generator: Generator,
-              progress: Callable[[int], None], emit: Callable[[list[tuple[dict, list[Completion]]]], None]) -> None:
-    """Generate every sample of ``rows`` (one task family) and hand them to ``emit`` in chunks of
-    ``chunk_size`` examples, each with all its samples. A streaming engine (`ContinuousGenerator`) gets all
-    the prompts in one call and reports completions as they end, so its batch never drains at a chunk
-    boundary; other engines are called one chunk at a time."""
+              progress: Callable[[int], None],
+              emit: Callable[[str, list[tuple[dict, list[Completion]]]], None]) -> None:
+    """Generate every sample of ``rows`` (one task family) and hand them to ``emit(family, chunk)`` in
+    chunks of ``chunk_size`` examples, each with all its samples. A streaming engine (`ContinuousGenerator`)
+    gets all the prompts in one call and reports completions as they end, so its batch never drains at a
+    chunk boundary; other engines are called one chunk at a time."""
     ns = cfg.num_samples
     owners = [(r, s) for r in rows for s in range(ns)]
     prompts = [r["prompt"] for r, _ in owners]
@@ -267,7 +268,7 @@ def _generate(cfg: EvaluateConfig, family: str, rows: list[dict], generator: Gen
                 flush()
 
     def flush() -> None:
-        emit([(rows[pos], [got[pos][s] for s in range(ns)]) for pos in ready])
+        emit(family, [(rows[pos], [got[pos][s] for s in range(ns)]) for pos in ready])
         for pos in ready:
             del got[pos]
         ready.clear()
